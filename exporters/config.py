@@ -94,12 +94,13 @@ class RetryPolicy:
     The n-th consecutive failure waits ``min(max_delay_s, base_delay_s * 2**(n-1))``
     scaled by a random factor in ``[1 - jitter, 1]``, or the receiver's
     ``Retry-After`` if longer (capped at ``max_retry_after_s``). A message that
-    failed ``max_attempts`` times is parked.
+    failed ``max_attempts`` times is parked; the defaults ride out a receiver
+    outage of about five hours before parking.
     """
 
-    max_attempts: int = 20
+    max_attempts: int = 40
     base_delay_s: float = 1.0
-    max_delay_s: float = 300.0
+    max_delay_s: float = 600.0
     max_retry_after_s: float = 3600.0
     jitter: float = 0.5
 
@@ -170,9 +171,9 @@ def load_config(environ: Mapping[str, str] | None = None) -> ExporterConfig:
         ca_bundle=_ca_bundle(env),
         insecure_local=env.get("ORDERPULSE_EXPORTERS_INSECURE_LOCAL") == "1",
         retry=RetryPolicy(
-            max_attempts=int(env.number("ORDERPULSE_OUTBOX_MAX_ATTEMPTS", 20)),
+            max_attempts=int(env.number("ORDERPULSE_OUTBOX_MAX_ATTEMPTS", 40)),
             base_delay_s=env.number("ORDERPULSE_OUTBOX_BASE_DELAY_S", 1.0),
-            max_delay_s=env.number("ORDERPULSE_OUTBOX_MAX_DELAY_S", 300.0),
+            max_delay_s=env.number("ORDERPULSE_OUTBOX_MAX_DELAY_S", 600.0),
         ),
         http_timeout_s=env.number("ORDERPULSE_HTTP_TIMEOUT_S", 10.0),
     )

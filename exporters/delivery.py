@@ -98,14 +98,12 @@ class Dispatcher:
         """Deliver what is due at ``now``: up to ``batch_size`` messages per
         receiver, so one long backlog does not starve the others."""
         report = PumpReport()
+        # Re-read each pump: an operator may have replayed or dropped parked
+        # messages from another process (``orderpulse exporters replay``).
+        self._parked_fingerprints.clear()
         for receiver in self._outbox.receivers():
             report = _merge(report, self._pump_receiver(receiver, now))
         return report
-
-    def forget_state(self) -> None:
-        """Re-read backoff and parked fingerprints from disk (after a replay)."""
-        self._states.clear()
-        self._parked_fingerprints.clear()
 
     def _state(self, receiver: str) -> ReceiverState:
         if receiver not in self._states:

@@ -100,13 +100,17 @@ class ReceiverServer:
             def _answer(
                 self, status: int, headers: dict[str, str], body: bytes
             ) -> None:
-                self.send_response(status)
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(body)))
-                self.send_header("Content-Type", "application/json")
-                self.end_headers()
-                self.wfile.write(body)
+                try:
+                    self.send_response(status)
+                    for name, value in headers.items():
+                        self.send_header(name, value)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.send_header("Content-Type", "application/json")
+                    self.end_headers()
+                    self.wfile.write(body)
+                except (ssl.SSLError, OSError):
+                    # The client gave up (timeout test): nothing to answer.
+                    self.close_connection = True
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
@@ -114,7 +118,9 @@ class ReceiverServer:
         ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
         self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
         self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self.thread.start()
 
     def answer_body(self, path: str) -> bytes:
@@ -125,6 +131,12 @@ class ReceiverServer:
     @property
     def url(self) -> str:
         return f"https://127.0.0.1:{self.port}"
+
+    def wait_for(self, count: int, timeout_s: float = 5.0) -> None:
+        """Wait until ``count`` requests were recorded (a stalled one lands late)."""
+        deadline = time.monotonic() + timeout_s
+        while len(self.received) < count and time.monotonic() < deadline:
+            time.sleep(0.02)
 
     def fail_next(self, *faults: Fault) -> None:
         with self.lock:

@@ -216,7 +216,8 @@ def test_no_secret_reaches_logs_outbox_or_exports(
     hub.close()
 
     secrets = config.secrets()
-    assert ROUTING_KEY in secrets and HOOK_TOKEN in secrets
+    assert ROUTING_KEY in secrets
+    assert HOOK_TOKEN in secrets
     written = "".join(
         p.read_text(errors="replace") for p in tmp_path.rglob("*") if p.is_file()
     )
