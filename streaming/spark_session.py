@@ -43,7 +43,7 @@ class SparkSettings:
 
     app_name: str = "orderpulse"
     master: str | None = "local[2]"
-    shuffle_partitions: int = 4
+    shuffle_partitions: int = 2
     jar_dir: Path | None = None
     extra_conf: Mapping[str, str] = field(default_factory=dict)
     log_level: str = "WARN"
