@@ -17,10 +17,11 @@ hub pumps, after the alerts.
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import random
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,8 @@ log = logging.getLogger(__name__)
 # 401/403 usually mean a role assignment that has not propagated yet, which
 # takes minutes: worth retrying rather than parking.
 _RETRYABLE = RETRYABLE_STATUSES | {401, 403}
+# The service takes at most 1 MB per call; keep a margin below it.
+CALL_LIMIT_BYTES = 1_000_000 - 16 * 1024
 
 
 def make_client(
@@ -77,12 +80,13 @@ class LogsUploader:
             return
         failures: list[LogsUploadError] = []
         try:
-            self._client.upload(
-                rule_id=self._rule_id,
-                stream_name=stream,
-                logs=[dict(r) for r in records],
-                on_error=failures.append,
-            )
+            for batch in split_for_calls(records):
+                self._client.upload(
+                    rule_id=self._rule_id,
+                    stream_name=stream,
+                    logs=batch,
+                    on_error=failures.append,
+                )
         except (ClientAuthenticationError, ServiceRequestError) as exc:
             # Raised before any chunk was sent (token or connection trouble).
             raise DeliveryError(
@@ -107,6 +111,30 @@ class LogsUploader:
             status=status,
             retry_after_s=retry_after,
         )
+
+
+def split_for_calls(
+    records: Sequence[Mapping[str, Any]], limit: int = CALL_LIMIT_BYTES
+) -> Iterator[list[dict[str, Any]]]:
+    """Groups of records whose JSON array stays under ``limit`` bytes.
+
+    The SDK sizes its 1 MiB chunks by adding up each record's JSON but then
+    sends them as one array, whose ", " separators and brackets it does not
+    count; a chunk can end up a little over the limit. Cutting our own groups
+    with the separators counted (and a margin) keeps every call within it.
+    """
+    batch: list[dict[str, Any]] = []
+    size = 2
+    for record in records:
+        item = dict(record)
+        item_size = len(json.dumps(item).encode("utf-8")) + 2
+        if batch and size + item_size > limit:
+            yield batch
+            batch, size = [], 2
+        batch.append(item)
+        size += item_size
+    if batch:
+        yield batch
 
 
 def _status(error: Exception) -> tuple[int | None, float | None]:
