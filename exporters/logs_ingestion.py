@@ -21,7 +21,7 @@ import json
 import logging
 import random
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -115,7 +115,7 @@ class LogsUploader:
 
 def split_for_calls(
     records: Sequence[Mapping[str, Any]], limit: int = CALL_LIMIT_BYTES
-) -> Iterator[list[dict[str, Any]]]:
+) -> Iterator[list[MutableMapping[str, Any]]]:
     """Groups of records whose JSON array stays under ``limit`` bytes.
 
     The SDK sizes its 1 MiB chunks by adding up each record's JSON but then
@@ -123,7 +123,7 @@ def split_for_calls(
     count; a chunk can end up a little over the limit. Cutting our own groups
     with the separators counted (and a margin) keeps every call within it.
     """
-    batch: list[dict[str, Any]] = []
+    batch: list[MutableMapping[str, Any]] = []
     size = 2
     for record in records:
         item = dict(record)

@@ -26,7 +26,9 @@ def receiver_env(server: ReceiverServer, ca_bundle: Path) -> dict[str, str]:
         "ORDERPULSE_RECEIVER_ONCALL_URL": f"{server.url}/v2/enqueue",
         "ORDERPULSE_RECEIVER_ONCALL_ROUTING_KEY": ROUTING_KEY,
         "ORDERPULSE_RECEIVER_SQUAD_SLACK_TYPE": "slack",
-        "ORDERPULSE_RECEIVER_SQUAD_SLACK_URL": f"{server.url}/services/T1/B2/slacksecret9",
+        "ORDERPULSE_RECEIVER_SQUAD_SLACK_URL": (
+            f"{server.url}/services/T1/B2/slacksecret9"
+        ),
         "ORDERPULSE_RECEIVER_TEAMS_TYPE": "teams",
         "ORDERPULSE_RECEIVER_TEAMS_URL": f"{server.url}/workflows/run?sig=teamsig5",
         "ORDERPULSE_RECEIVER_HOOK_TYPE": "webhook",
