@@ -20,7 +20,7 @@ from pathlib import Path
 
 import trustme
 
-from exporters import build_exporters, load_config
+from exporters import ExporterHub, build_exporters, load_config
 from tests.exporters.conftest import (
     ReceiverServer,
     StaticCredential,
@@ -50,7 +50,7 @@ def bench_logs(server: ReceiverServer, ca_bundle: Path, data_dir: Path) -> float
     return len(rows) / elapsed
 
 
-def webhook_hub(server: ReceiverServer, ca_bundle: Path, data_dir: Path):  # type: ignore[no-untyped-def]
+def webhook_hub(server: ReceiverServer, ca_bundle: Path, data_dir: Path) -> ExporterHub:
     config = load_config(
         {
             "ORDERPULSE_RECEIVERS": "hook",
@@ -62,7 +62,9 @@ def webhook_hub(server: ReceiverServer, ca_bundle: Path, data_dir: Path):  # typ
     return build_exporters(config, data_dir, clock, console=io.StringIO())
 
 
-def bench_notifications(server: ReceiverServer, ca_bundle: Path, data_dir: Path) -> tuple[float, float]:
+def bench_notifications(
+    server: ReceiverServer, ca_bundle: Path, data_dir: Path
+) -> tuple[float, float]:
     hub = webhook_hub(server, ca_bundle, data_dir)
     batch = [
         notification(fingerprint=f"fp-{i}", key=f"k-{i}", receivers=("hook",))
@@ -76,7 +78,9 @@ def bench_notifications(server: ReceiverServer, ca_bundle: Path, data_dir: Path)
     return len(batch) / (enqueued - start), len(batch) / (done - start)
 
 
-def bench_latency(server: ReceiverServer, ca_bundle: Path, data_dir: Path) -> list[float]:
+def bench_latency(
+    server: ReceiverServer, ca_bundle: Path, data_dir: Path
+) -> list[float]:
     hub = webhook_hub(server, ca_bundle, data_dir)
     hub.start(interval_s=1.0)
     latencies = []
