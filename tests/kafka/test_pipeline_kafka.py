@@ -98,14 +98,18 @@ def send_odd(
 def wait_for_bronze(
     spark: SparkSession, layout: TableLayout, rows: int, query: StreamingQuery
 ) -> None:
-    deadline = time.monotonic() + 150
+    """Wait until batches holding ``rows`` Bronze rows are completely written (their
+    health row is the last write), so stopping the query then interrupts nothing."""
+    deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         if query.exception() is not None:
             raise AssertionError(f"streaming query failed: {query.exception()}")
-        if layout.read(spark, "bronze.order_events").count() >= rows:
+        health = layout.read(spark, "gold.pipeline_health")
+        written = health.agg(F.sum("bronze_rows")).first()
+        if written is not None and (written[0] or 0) >= rows:
             return
         time.sleep(1.0)
-    raise AssertionError(f"bronze did not reach {rows} rows in time")
+    raise AssertionError(f"the pipeline did not write {rows} Bronze rows in time")
 
 
 @pytest.fixture(scope="module")
