@@ -205,6 +205,9 @@ class OrderTrafficGenerator:
         self._sequence = 0
         self._pending: list[GeneratedMessage] = []
         self._clock = config.start
+        # Order ids and draws depend on the start as well as the seed, so a restarted
+        # demo (same seed, later start) never reuses the ids of an earlier run.
+        self._run_tag = f"{config.seed}-{int(config.start.timestamp()):x}"
         self._draw_next_arrival()
 
     @property
@@ -248,12 +251,12 @@ class OrderTrafficGenerator:
     def _create_order(self, created_at: datetime) -> None:
         self._order_number += 1
         number = self._order_number
-        rng = random.Random(_stable_seed(self.config.seed, "order", number))
+        rng = random.Random(_stable_seed(self.config.seed, self._run_tag, number))
         region = _pick(rng, REGION_WEIGHTS)
         if any(i.target == region for i in self._active("region_outage", created_at)):
             return
         order = _OrderDraft(
-            order_id=f"ord-{self.config.seed}-{number:09d}",
+            order_id=f"ord-{self._run_tag}-{number:09d}",
             customer_id=f"cus-{rng.randrange(1, 400_000):06d}",
             region=region,
             channel=_pick(rng, CHANNEL_WEIGHTS),
@@ -361,7 +364,10 @@ class _OrderDraft:
         return OrderEvent(
             event_id=f"evt-{rng.getrandbits(64):016x}",
             event_type=event_type,
-            occurred_at=occurred_at.astimezone(BRAZIL_TIME),
+            # Milliseconds, as on the wire, so the object equals what is sent.
+            occurred_at=occurred_at.astimezone(BRAZIL_TIME).replace(
+                microsecond=occurred_at.microsecond // 1000 * 1000
+            ),
             order_id=self.order_id,
             channel=self.channel,
             region=self.region,

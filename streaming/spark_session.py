@@ -97,7 +97,9 @@ def session_conf(settings: SparkSettings) -> dict[str, str]:
         "spark.sql.session.timeZone": "UTC",
         "spark.ui.enabled": "false",
         "spark.ui.showConsoleProgress": "false",
-        "spark.driver.extraJavaOptions": "-Duser.timezone=UTC",
+        # Validation builds deep expression trees; the default thread stack is too
+        # small for Spark to analyse (or print) them on the stream execution thread.
+        "spark.driver.extraJavaOptions": "-Duser.timezone=UTC -Xss16m",
         "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",
         # Small local batches: skip the adaptive re-planning and keep files few.
         "spark.sql.adaptive.enabled": "false",

@@ -1,0 +1,195 @@
+"""Wires the rule engine and the exporters into the streaming job.
+
+After every micro-batch the Gold rows it changed go to the rule engine; a timer thread
+also ticks the engine so that absence and stalled-pipeline rules fire when no data comes
+at all. What the engine decides goes, in this order:
+
+1. its transitions to ``gold.alerts`` (a MERGE on ``alert_id``: writing the same
+   transition twice after a crash leaves one row);
+2. its notifications to the exporters' durable outbox;
+3. back to the engine as acknowledged, which persists its state.
+
+A crash between any two steps repeats the earlier ones on restart, never skips one: the
+engine keeps unacknowledged notifications in its persisted state and hands them out
+again, and their idempotency keys let receivers drop the repeat.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from alert_rules.alerts import EvaluationResult, Notification
+from alert_rules.cli import default_rules_dir
+from alert_rules.engine import Engine
+from alert_rules.loader import load_rule_set
+from alert_rules.reload import RuleWatcher
+from alert_rules.samples import KpiSample, PipelineStatus
+from alert_rules.state import DeltaStateStore
+from exporters import AlertNotification, ExporterHub, build_exporters
+from streaming.pipeline import BatchReport
+from streaming.tables import SCHEMAS, TableLayout
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+def to_exporter(notification: Notification) -> AlertNotification:
+    """The exporters' view of a notification (the packages do not import each other)."""
+    return AlertNotification(
+        idempotency_key=notification.idempotency_key,
+        kind=notification.kind,
+        fingerprint=notification.fingerprint,
+        rule=notification.rule,
+        severity=notification.severity,
+        labels=dict(notification.labels),
+        annotations=dict(notification.annotations),
+        value=notification.value,
+        threshold=notification.threshold,
+        starts_at=notification.starts_at,
+        ends_at=notification.ends_at,
+        receivers=tuple(notification.receivers),
+    )
+
+
+class AlertRecorder:
+    """Appends alert transitions to ``gold.alerts``, each exactly once by ``alert_id``."""
+
+    def __init__(self, spark: SparkSession, layout: TableLayout, clock: Clock) -> None:
+        self.spark = spark
+        self.layout = layout
+        self.clock = clock
+
+    def record(self, rows: Sequence[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        recorded_at = self.clock()
+        frame = self.spark.createDataFrame(
+            [{**row, "recorded_at": recorded_at} for row in rows],
+            schema=SCHEMAS["gold.alerts"],
+        )
+        alerts = self.layout.delta_table(self.spark, "gold.alerts")
+        (
+            alerts.alias("t")
+            .merge(frame.alias("s"), "t.alert_id = s.alert_id")
+            .whenNotMatchedInsertAll()
+            .execute()
+        )
+
+
+class AlertingHook:
+    """Feeds Gold changes to the engine and its output to ``gold.alerts`` and the
+    exporters. ``on_batch`` is a pipeline listener; ``start`` runs the timer."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        recorder: AlertRecorder,
+        exporter: ExporterHub,
+        clock: Clock,
+        tick_seconds: float = 10.0,
+    ) -> None:
+        self.engine = engine
+        self.recorder = recorder
+        self.exporter = exporter
+        self.clock = clock
+        self.tick_seconds = tick_seconds
+        self.transitions = 0
+        self._lock = threading.Lock()
+        self._status: PipelineStatus | None = None
+        self._stop = threading.Event()
+        self._timer: threading.Thread | None = None
+
+    def on_batch(self, report: BatchReport) -> None:
+        if report.watermark is None or report.max_event_time is None:
+            return
+        self._status = PipelineStatus(
+            watermark=report.watermark,
+            latest_event_time=max(report.max_event_time, self._latest_event_time()),
+            last_batch_at=self.clock(),
+        )
+        samples = [KpiSample.from_dict(row) for row in report.changed_kpis]
+        with self._lock:
+            self._handle(self.engine.evaluate(samples, self._status))
+        self.exporter.publish_kpis(report.changed_kpis)
+        self.exporter.publish_health(report.health_record())
+
+    def tick(self) -> None:
+        """One timer evaluation (absence, stalled pipeline, repeats, rule reload)."""
+        if self._status is None:
+            return
+        with self._lock:
+            self._handle(self.engine.tick(self._status))
+
+    def start(self) -> None:
+        self.exporter.start()
+        self._timer = threading.Thread(target=self._tick_loop, name="alert-timer", daemon=True)
+        self._timer.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._timer:
+            self._timer.join(timeout=30)
+        self.exporter.close()
+
+    def _tick_loop(self) -> None:
+        while not self._stop.wait(self.tick_seconds):
+            try:
+                self.tick()
+            except Exception:  # the next tick tries again; the batch path still runs
+                log.exception("alert_tick_failed")
+
+    def _latest_event_time(self) -> datetime:
+        if self._status is None:
+            return datetime.min.replace(tzinfo=UTC)
+        return self._status.latest_event_time
+
+    def _handle(self, result: EvaluationResult) -> None:
+        rows = [transition.to_record() for transition in result.transitions]
+        self.recorder.record(rows)
+        notifications = [to_exporter(n) for n in result.notifications]
+        self.exporter.publish_alerts(rows, notifications)
+        self.engine.acknowledge(n.idempotency_key for n in result.notifications)
+        self.transitions += len(rows)
+        for row in rows:
+            log.info(
+                "alert_transition rule=%s state=%s fingerprint=%s value=%s threshold=%s",
+                row["rule"],
+                row["state"],
+                row["fingerprint"],
+                row["value"],
+                row["threshold"],
+            )
+
+
+def build_alerting(
+    spark: SparkSession,
+    layout: TableLayout,
+    rules_dir: Path | None,
+    clock: Clock,
+    out: IO[str],
+    *,
+    start: bool = True,
+) -> AlertingHook:
+    """The engine with persisted state and hot-reloaded rules, and the exporters."""
+    paths = [rules_dir or default_rules_dir()]
+    rules = load_rule_set(paths)
+    engine = Engine(
+        rules,
+        DeltaStateStore.in_data_dir(layout.data_dir),
+        clock,
+        watcher=RuleWatcher(paths),
+    )
+    exporter = build_exporters(None, layout.data_dir, clock, console=out)
+    hook = AlertingHook(engine, AlertRecorder(spark, layout, clock), exporter, clock)
+    if start:
+        hook.start()
+    return hook
