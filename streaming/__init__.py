@@ -1,1 +1,1 @@
-"""OrderPulse streaming: order events from Event Hubs (or a local source) to Delta Bronze, Silver, Gold."""
+"""OrderPulse streaming: order events to Delta Bronze, Silver and Gold KPIs."""

@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from alert_rules.alerts import EvaluationResult, Notification
 from alert_rules.cli import default_rules_dir
@@ -61,7 +61,7 @@ def to_exporter(notification: Notification) -> AlertNotification:
 
 
 class AlertRecorder:
-    """Appends alert transitions to ``gold.alerts``, each exactly once by ``alert_id``."""
+    """Appends alert transitions to ``gold.alerts``, once each by ``alert_id``."""
 
     def __init__(self, spark: SparkSession, layout: TableLayout, clock: Clock) -> None:
         self.spark = spark
@@ -131,7 +131,9 @@ class AlertingHook:
 
     def start(self) -> None:
         self.exporter.start()
-        self._timer = threading.Thread(target=self._tick_loop, name="alert-timer", daemon=True)
+        self._timer = threading.Thread(
+            target=self._tick_loop, name="alert-timer", daemon=True
+        )
         self._timer.start()
 
     def close(self) -> None:
@@ -161,7 +163,8 @@ class AlertingHook:
         self.transitions += len(rows)
         for row in rows:
             log.info(
-                "alert_transition rule=%s state=%s fingerprint=%s value=%s threshold=%s",
+                "alert_transition rule=%s state=%s fingerprint=%s value=%s "
+                "threshold=%s",
                 row["rule"],
                 row["state"],
                 row["fingerprint"],
@@ -175,7 +178,7 @@ def build_alerting(
     layout: TableLayout,
     rules_dir: Path | None,
     clock: Clock,
-    out: IO[str],
+    out: TextIO,
     *,
     start: bool = True,
 ) -> AlertingHook:

@@ -1,8 +1,8 @@
 """The order event contract (see DESIGN.md) and its JSON form.
 
-Everything that writes order events -- the traffic generator, the embedded source and the
-producer for Kafka and Event Hubs -- goes through :class:`OrderEvent` and :func:`encode`,
-so the three paths cannot drift apart.
+Everything that writes order events -- the traffic generator, the embedded source and
+the producer for Kafka and Event Hubs -- goes through :class:`OrderEvent` and
+:func:`encode`, so the three paths cannot drift apart.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class OrderEvent:
     reason: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON object of the contract; optional fields that are unset are left out."""
+        """The JSON object of the contract; unset optional fields are left out."""
         body: dict[str, Any] = {
             "event_id": self.event_id,
             "event_type": self.event_type,
@@ -76,10 +76,16 @@ class OrderEvent:
             "currency": self.currency,
             "reason": self.reason,
         }
-        body.update({key: value for key, value in optional.items() if value is not None})
+        body.update(
+            {key: value for key, value in optional.items() if value is not None}
+        )
         if self.items:
             body["items"] = [
-                {"sku": i.sku, "quantity": i.quantity, "unit_price": float(i.unit_price)}
+                {
+                    "sku": i.sku,
+                    "quantity": i.quantity,
+                    "unit_price": float(i.unit_price),
+                }
                 for i in self.items
             ]
         return body

@@ -1,9 +1,9 @@
 """Realistic, deterministic order traffic with injectable incidents and bad messages.
 
-The generator simulates order lifecycles: an order is created, its payment is approved or
-fails, then it is shipped and delivered or cancelled. Arrivals follow a Poisson process
-whose rate follows the Brazilian day (quiet at dawn, peaks at lunch and in the evening).
-Regions, channels and payment methods follow plausible national proportions.
+The generator simulates order lifecycles: an order is created, its payment is approved
+or fails, then it is shipped and delivered or cancelled. Arrivals follow a Poisson
+process whose rate follows the Brazilian day (quiet at dawn, peaks at lunch and in the
+evening). Regions, channels and payment methods follow plausible national proportions.
 
 Determinism: for a given :class:`TrafficConfig` the same messages come out whatever the
 sizes of the steps passed to :meth:`OrderTrafficGenerator.advance`. Arrivals are drawn
@@ -216,7 +216,7 @@ class OrderTrafficGenerator:
         return self._clock
 
     def advance(self, until: datetime) -> list[GeneratedMessage]:
-        """All messages with ``sent_at`` in (previous call, ``until``], in send order."""
+        """Messages with ``sent_at`` in (previous call, ``until``], in send order."""
         if until < self._clock:
             raise ValueError(f"cannot go back in time: {until} < {self._clock}")
         while self._next_arrival <= until:
@@ -229,7 +229,7 @@ class OrderTrafficGenerator:
         return released
 
     def run(self, until: datetime, step: timedelta) -> Iterator[list[GeneratedMessage]]:
-        """Advance in steps of ``step`` up to ``until``, yielding each step's messages."""
+        """Advance by ``step`` up to ``until``, yielding each step's messages."""
         moment = self._clock
         while moment < until:
             moment = min(moment + step, until)
@@ -239,14 +239,18 @@ class OrderTrafficGenerator:
         # Thinning: draw at the peak rate, keep with probability rate(t)/peak.
         moment = self._next_arrival
         while True:
-            moment += timedelta(seconds=self._arrivals.expovariate(self._peak_rate_per_s))
+            moment += timedelta(
+                seconds=self._arrivals.expovariate(self._peak_rate_per_s)
+            )
             keep = rate_multiplier(moment) if self.config.seasonality else 1.0
             if self._arrivals.random() < keep:
                 self._next_arrival = moment
                 return
 
     def _active(self, kind: IncidentKind, moment: datetime) -> list[Incident]:
-        return [i for i in self.config.incidents if i.kind == kind and i.active_at(moment)]
+        return [
+            i for i in self.config.incidents if i.kind == kind and i.active_at(moment)
+        ]
 
     def _create_order(self, created_at: datetime) -> None:
         self._order_number += 1
@@ -264,11 +268,17 @@ class OrderTrafficGenerator:
         )
         items = _draw_items(rng)
         amount = sum((i.unit_price * i.quantity for i in items), Decimal("0"))
-        self._emit(order.event(rng, "order_created", created_at, amount=amount, items=items))
+        self._emit(
+            order.event(rng, "order_created", created_at, amount=amount, items=items)
+        )
         self._lifecycle(rng, order, created_at, amount)
 
     def _lifecycle(
-        self, rng: random.Random, order: _OrderDraft, created_at: datetime, amount: Decimal
+        self,
+        rng: random.Random,
+        order: _OrderDraft,
+        created_at: datetime,
+        amount: Decimal,
     ) -> None:
         method = order.payment_method
         failure_rate = BASE_FAILURE_RATE[method]
@@ -282,12 +292,16 @@ class OrderTrafficGenerator:
         paid_at = created_at + timedelta(seconds=latency)
         if rng.random() < failure_rate:
             self._emit(
-                order.event(rng, "payment_failed", paid_at, amount=amount, reason="declined")
+                order.event(
+                    rng, "payment_failed", paid_at, amount=amount, reason="declined"
+                )
             )
             if rng.random() < 0.6:
                 cancelled_at = paid_at + timedelta(seconds=rng.uniform(30, 300))
                 self._emit(
-                    order.event(rng, "order_cancelled", cancelled_at, reason="payment_failed")
+                    order.event(
+                        rng, "order_cancelled", cancelled_at, reason="payment_failed"
+                    )
                 )
             return
         self._emit(order.event(rng, "payment_approved", paid_at, amount=amount))
@@ -298,7 +312,9 @@ class OrderTrafficGenerator:
         if rng.random() < cancel_rate:
             cancelled_at = paid_at + timedelta(seconds=rng.uniform(*cancel_within))
             self._emit(
-                order.event(rng, "order_cancelled", cancelled_at, reason="customer_request")
+                order.event(
+                    rng, "order_cancelled", cancelled_at, reason="customer_request"
+                )
             )
             return
         shipped_at = paid_at + timedelta(minutes=rng.uniform(20, 90))
@@ -406,18 +422,22 @@ def corrupt(event: OrderEvent, defect: BadKind, rng: random.Random) -> bytes:
         field_name = rng.choice(("amount", "schema_version"))
         body[field_name] = "twelve" if field_name == "amount" else "v1"
     elif defect == "missing_field":
-        del body[rng.choice(("event_id", "event_type", "occurred_at", "order_id", "region"))]
+        del body[
+            rng.choice(("event_id", "event_type", "occurred_at", "order_id", "region"))
+        ]
     elif defect == "invalid_enum":
         body[rng.choice(("channel", "event_type"))] = "fax"
     elif defect == "negative_amount":
         body["amount"] = -abs(float(event.amount or Decimal("10.00")))
     elif defect == "invalid_timestamp":
-        body["occurred_at"] = rng.choice(("yesterday", "2026-13-45T99:00:00", "1700000000"))
+        body["occurred_at"] = rng.choice(
+            ("yesterday", "2026-13-45T99:00:00", "1700000000")
+        )
     return encode(body)
 
 
 def default_incidents(now: datetime) -> tuple[Incident, ...]:
-    """The incidents of the demo: one in the back-filled past, one shortly after start."""
+    """The demo's incidents: one in the back-filled past, one just after start."""
     return (
         Incident(
             kind="payment_gateway_outage",
@@ -454,7 +474,8 @@ def parse_incident(spec: str, now: datetime) -> Incident:
         )
     except ValueError as error:
         raise ValueError(
-            f"incident {spec!r}: expected kind[:target]@offset_min+duration_min[*intensity]"
+            f"incident {spec!r}: expected "
+            "kind[:target]@offset_min+duration_min[*intensity]"
         ) from error
     if incident.kind not in (
         "payment_gateway_outage",

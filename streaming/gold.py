@@ -1,14 +1,14 @@
 """Silver events to Gold KPIs over tumbling windows.
 
 Gold is a pure function of Silver: for each window touched by a micro-batch the job
-recomputes the window's KPIs from the Silver rows in it and upserts the result. A replayed
-batch therefore computes the same rows again, late events inside the allowed lateness
-simply refresh the window, and nothing depends on in-memory aggregation state.
+recomputes the window's KPIs from the Silver rows in it and upserts the result. A
+replayed batch therefore computes the same rows again, late events inside the allowed
+lateness simply refresh the window, and nothing depends on in-memory aggregation state.
 
 Lateness is decided per event and per grain: an event is *late* for a window when the
 watermark had already passed that window's end when the event arrived (Silver keeps the
-watermark at arrival). Late events do not change a final window's KPIs; they are counted in
-its ``late_events`` column.
+watermark at arrival). Late events do not change a final window's KPIs; they are counted
+in its ``late_events`` column.
 """
 
 from __future__ import annotations
@@ -38,9 +38,10 @@ def _grain_windows(moment: Column) -> Column:
             F.struct(
                 F.lit(grain).alias("grain"),
                 window_start(moment, seconds).alias("window_start"),
-                (window_start(moment, seconds) + F.expr(f"INTERVAL {seconds} SECONDS")).alias(
-                    "window_end"
-                ),
+                (
+                    window_start(moment, seconds)
+                    + F.expr(f"INTERVAL {seconds} SECONDS")
+                ).alias("window_end"),
             )
             for grain, seconds in GRAINS.items()
         )
@@ -73,7 +74,10 @@ def affected_windows(
         .join(created_now, "order_id")
         .where(
             (F.col("occurred_at") >= F.col("created_at"))
-            & (F.col("occurred_at") <= F.col("created_at") + F.expr(f"INTERVAL {horizon} SECONDS"))
+            & (
+                F.col("occurred_at")
+                <= F.col("created_at") + F.expr(f"INTERVAL {horizon} SECONDS")
+            )
         )
         .select("occurred_at")
     )
@@ -95,11 +99,16 @@ def compute_kpis(
     """
     low, high = bounds
     horizon = int(latency_horizon.total_seconds())
-    in_range = silver.where((F.col("occurred_at") >= low) & (F.col("occurred_at") < high))
+    in_range = silver.where(
+        (F.col("occurred_at") >= low) & (F.col("occurred_at") < high)
+    )
     created = (
         silver.where(
             (F.col("event_type") == "order_created")
-            & (F.col("occurred_at") >= F.lit(low) - F.expr(f"INTERVAL {horizon} SECONDS"))
+            & (
+                F.col("occurred_at")
+                >= F.lit(low) - F.expr(f"INTERVAL {horizon} SECONDS")
+            )
             & (F.col("occurred_at") < high)
         )
         .groupBy("order_id")
@@ -116,14 +125,21 @@ def compute_kpis(
         ),
     )
     dimension_values = F.array(
-        F.struct(F.lit("all").alias("dimension"), F.lit("all").alias("dimension_value")),
-        F.struct(F.lit("region").alias("dimension"), F.col("region").alias("dimension_value")),
         F.struct(
-            F.lit("channel").alias("dimension"), F.col("channel").alias("dimension_value")
+            F.lit("all").alias("dimension"), F.lit("all").alias("dimension_value")
+        ),
+        F.struct(
+            F.lit("region").alias("dimension"), F.col("region").alias("dimension_value")
+        ),
+        F.struct(
+            F.lit("channel").alias("dimension"),
+            F.col("channel").alias("dimension_value"),
         ),
         F.struct(
             F.lit("payment_method").alias("dimension"),
-            F.coalesce(F.col("payment_method"), F.lit(UNKNOWN)).alias("dimension_value"),
+            F.coalesce(F.col("payment_method"), F.lit(UNKNOWN)).alias(
+                "dimension_value"
+            ),
         ),
     )
     exploded = (
@@ -133,7 +149,9 @@ def compute_kpis(
         .join(F.broadcast(windows), ["grain", "window_start", "window_end"])
         .withColumn(
             "is_late",
-            F.coalesce(F.col("window_end") <= F.col("watermark_at_arrival"), F.lit(False)),
+            F.coalesce(
+                F.col("window_end") <= F.col("watermark_at_arrival"), F.lit(False)
+            ),
         )
     )
     on_time = ~F.col("is_late")
@@ -142,7 +160,8 @@ def compute_kpis(
         return F.count(F.when(on_time & (F.col("event_type") == event_type), True))
 
     created_amount = F.when(
-        on_time & (F.col("event_type") == "order_created"), F.col("amount").cast("double")
+        on_time & (F.col("event_type") == "order_created"),
+        F.col("amount").cast("double"),
     )
     on_time_latency = F.when(on_time, F.col("approval_latency_s"))
     aggregated = exploded.groupBy(
@@ -155,12 +174,16 @@ def compute_kpis(
         F.coalesce(F.sum(created_amount), F.lit(0.0)).alias("gmv"),
         F.percentile(on_time_latency, 0.5).alias("approval_latency_p50_s"),
         F.percentile(on_time_latency, 0.95).alias("approval_latency_p95_s"),
-        F.count_distinct(F.when(on_time, F.col("customer_id"))).alias("distinct_customers"),
+        F.count_distinct(F.when(on_time, F.col("customer_id"))).alias(
+            "distinct_customers"
+        ),
         F.count(F.when(F.col("is_late"), True)).alias("late_events"),
     )
     payments = F.col("payments_approved") + F.col("payments_failed")
     final = (
-        F.col("window_end") <= F.lit(watermark) if watermark is not None else F.lit(False)
+        F.col("window_end") <= F.lit(watermark)
+        if watermark is not None
+        else F.lit(False)
     )
     return aggregated.select(
         "window_start",
@@ -174,7 +197,9 @@ def compute_kpis(
         "payments_failed",
         "gmv",
         _ratio(F.col("gmv"), F.col("orders_created")).alias("avg_ticket"),
-        _ratio(F.col("orders_cancelled"), F.col("orders_created")).alias("cancellation_rate"),
+        _ratio(F.col("orders_cancelled"), F.col("orders_created")).alias(
+            "cancellation_rate"
+        ),
         _ratio(F.col("payments_failed"), payments).alias("payment_failure_rate"),
         "approval_latency_p50_s",
         "approval_latency_p95_s",

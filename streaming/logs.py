@@ -16,7 +16,9 @@ NOISY = ("py4j", "azure", "urllib3", "opentelemetry")
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         document = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(
+                timespec="milliseconds"
+            ),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -32,7 +34,9 @@ def configure(level: str = "WARNING", json_lines: bool = False) -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(
-            logging.Formatter("%(asctime)s level=%(levelname)s logger=%(name)s %(message)s")
+            logging.Formatter(
+                "%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"
+            )
         )
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -6,8 +6,8 @@ One streaming query reads the source and hands each micro-batch to
 1. Bronze: append every message as received (nothing dropped).
 2. Silver: classify; append rejects to the quarantine; insert first-seen events by
    ``event_id`` (a MERGE bounded by ``dedup_horizon``).
-3. Gold: recompute the KPIs of the windows the batch touched and upsert them; mark windows
-   final once the watermark has passed them.
+3. Gold: recompute the KPIs of the windows the batch touched and upsert them; mark
+   windows final once the watermark has passed them.
 4. Health: one row per batch with its counts, duration and watermark.
 
 Every write carries the batch id as a Delta transaction version (``txnAppId`` /
@@ -40,7 +40,7 @@ from streaming.tables import TableLayout
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
-    from pyspark.sql.streaming import StreamingQuery
+    from pyspark.sql.streaming.query import StreamingQuery
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ class OrderPipeline:
         """Start the streaming query; it resumes from its checkpoint if there is one."""
         writer = (
             raw_stream.writeStream.queryName(query_name)
-            .foreachBatch(self.process_batch)
+            .foreachBatch(self._on_micro_batch)
             .option("checkpointLocation", str(self.layout.checkpoint_dir / query_name))
         )
         if available_now:
@@ -165,6 +165,9 @@ class OrderPipeline:
         else:
             writer = writer.trigger(processingTime=f"{trigger_seconds} seconds")
         return writer.start()
+
+    def _on_micro_batch(self, raw: DataFrame, batch_id: int) -> None:
+        self.process_batch(raw, batch_id)
 
     def process_batch(self, raw: DataFrame, batch_id: int) -> BatchReport:
         started = time.monotonic()
@@ -212,7 +215,11 @@ class OrderPipeline:
         watermark_before: datetime | None,
     ) -> BatchReport:
         input_rows = bronze.count()
-        self._append(bronze.select(*self._columns("bronze.order_events")), "bronze.order_events", batch_id)
+        self._append(
+            bronze.select(*self._columns("bronze.order_events")),
+            "bronze.order_events",
+            batch_id,
+        )
 
         classified = classify(bronze, self.settings.validation).persist()
         try:
@@ -248,7 +255,9 @@ class OrderPipeline:
             candidates.withColumn("_rank", F.row_number().over(first_seen))
             .where(F.col("_rank") == 1)
             .drop("_rank")
-            .withColumn("watermark_at_arrival", F.lit(watermark_before).cast("timestamp"))
+            .withColumn(
+                "watermark_at_arrival", F.lit(watermark_before).cast("timestamp")
+            )
             .select(*self._columns("silver.order_events"))
             .persist()
         )
@@ -263,8 +272,12 @@ class OrderPipeline:
             if stats["rows"]:
                 self._merge_silver(unique, batch_id, stats["earliest"])
             silver_rows = self._silver_rows_of(batch_id)
-            watermark = _advance(watermark_before, stats["latest"], self.settings.allowed_lateness)
-            changed, late = self._update_gold(unique, batch_id, watermark, stats["rows"] > 0)
+            watermark = _advance(
+                watermark_before, stats["latest"], self.settings.allowed_lateness
+            )
+            changed, late = self._update_gold(
+                unique, batch_id, watermark, stats["rows"] > 0
+            )
         finally:
             unique.unpersist()
         return BatchReport(
@@ -283,15 +296,18 @@ class OrderPipeline:
             quarantine_reasons=reasons,
         )
 
-    def _merge_silver(self, unique: DataFrame, batch_id: int, earliest: datetime) -> None:
-        horizon_date = (_as_utc(earliest) - self.settings.dedup_horizon).date()  # type: ignore[operator]
+    def _merge_silver(
+        self, unique: DataFrame, batch_id: int, earliest: datetime
+    ) -> None:
+        horizon_date = (_utc(earliest) - self.settings.dedup_horizon).date()
         silver = self.layout.delta_table(self.spark, "silver.order_events")
         with self._transaction("silver.order_events", batch_id):
             (
                 silver.alias("t")
                 .merge(
                     unique.alias("s"),
-                    f"t.event_id = s.event_id AND t.event_date >= DATE'{horizon_date.isoformat()}'",
+                    "t.event_id = s.event_id AND "
+                    f"t.event_date >= DATE'{horizon_date.isoformat()}'",
                 )
                 .whenNotMatchedInsertAll()
                 .execute()
@@ -302,7 +318,11 @@ class OrderPipeline:
         return silver.where(F.col("batch_id") == batch_id).count()
 
     def _update_gold(
-        self, unique: DataFrame, batch_id: int, watermark: datetime | None, has_events: bool
+        self,
+        unique: DataFrame,
+        batch_id: int,
+        watermark: datetime | None,
+        has_events: bool,
     ) -> tuple[list[dict[str, Any]], int]:
         """Upsert the touched windows, finalize passed ones; return changed rows and
         the number of late events in the batch (late for their 1-minute window)."""
@@ -312,7 +332,9 @@ class OrderPipeline:
         gold = self.layout.delta_table(self.spark, "gold.order_kpis")
         if has_events:
             silver = self.layout.read(self.spark, "silver.order_events")
-            windows = affected_windows(unique, silver, self.settings.latency_horizon).persist()
+            windows = affected_windows(
+                unique, silver, self.settings.latency_horizon
+            ).persist()
             try:
                 bounds = windows.agg(F.min("window_start"), F.max("window_end")).first()
                 assert bounds is not None
@@ -347,7 +369,9 @@ class OrderPipeline:
                 unique.where(
                     F.col("watermark_at_arrival").isNotNull()
                     & (
-                        F.timestamp_seconds(F.floor(F.unix_seconds("occurred_at") / 60) * 60 + 60)
+                        F.timestamp_seconds(
+                            F.floor(F.unix_seconds("occurred_at") / 60) * 60 + 60
+                        )
                         <= F.col("watermark_at_arrival")
                     )
                 ).count()
@@ -357,7 +381,11 @@ class OrderPipeline:
         return changed, late
 
     def _finalize(
-        self, gold: Any, watermark: datetime, now: datetime, already: list[dict[str, Any]]
+        self,
+        gold: Any,
+        watermark: datetime,
+        now: datetime,
+        already: list[dict[str, Any]],
     ) -> list[dict[str, Any]]:
         """Mark open windows that the watermark has passed as final; return them."""
         condition = (~F.col("is_final")) & (F.col("window_end") <= F.lit(watermark))
@@ -365,7 +393,10 @@ class OrderPipeline:
         rows = [_utc_row(row.asDict()) for row in closing.collect()]
         if not rows:
             return []
-        gold.update(condition, {"is_final": F.lit(True), "updated_at": F.lit(now).cast("timestamp")})
+        gold.update(
+            condition,
+            {"is_final": F.lit(True), "updated_at": F.lit(now).cast("timestamp")},
+        )
         seen = {_kpi_key(row) for row in already}
         finalized = []
         for row in rows:
@@ -379,13 +410,19 @@ class OrderPipeline:
         )
         self._append(frame, "gold.pipeline_health", report.batch_id)
 
-    def _recorded_progress(self, before_batch: int | None) -> tuple[int | None, datetime | None]:
+    def _recorded_progress(
+        self, before_batch: int | None
+    ) -> tuple[int | None, datetime | None]:
         """(batch id, watermark) of the last recorded batch, or of the last one before
         ``before_batch``."""
         health = self.layout.read(self.spark, "gold.pipeline_health")
         if before_batch is not None:
             health = health.where(F.col("batch_id") < before_batch)
-        row = health.orderBy(F.col("batch_id").desc()).select("batch_id", "watermark").first()
+        row = (
+            health.orderBy(F.col("batch_id").desc())
+            .select("batch_id", "watermark")
+            .first()
+        )
         if row is None:
             return None, None
         return row["batch_id"], _as_utc(row["watermark"])
@@ -408,7 +445,9 @@ class OrderPipeline:
         """Make the MERGE/UPDATE inside idempotent for this batch (Delta skips a
         transaction version it has already committed for the app id)."""
         conf = self.spark.conf
-        conf.set("spark.databricks.delta.write.txnAppId", f"{self.settings.app_id}:{table}")
+        conf.set(
+            "spark.databricks.delta.write.txnAppId", f"{self.settings.app_id}:{table}"
+        )
         conf.set("spark.databricks.delta.write.txnVersion", str(batch_id))
         try:
             yield
@@ -430,18 +469,20 @@ def _advance(
 ) -> datetime | None:
     if latest_event is None:
         return watermark
-    candidate = _as_utc(latest_event) - lateness  # type: ignore[operator]
+    candidate = _utc(latest_event) - lateness
     if watermark is None or candidate > watermark:
         return candidate
     return watermark
 
 
-def _as_utc(moment: datetime | None) -> datetime | None:
+def _utc(moment: datetime) -> datetime:
     """PySpark returns timestamps as naive datetimes in the Python process's local time
-    zone; ``astimezone`` reads a naive value as local time, so this is right anywhere."""
-    if moment is None:
-        return None
+    zone; ``astimezone`` reads a naive value as local time, so this holds anywhere."""
     return moment.astimezone(UTC)
+
+
+def _as_utc(moment: datetime | None) -> datetime | None:
+    return None if moment is None else _utc(moment)
 
 
 def _utc_row(row: dict[str, Any]) -> dict[str, Any]:

@@ -2,8 +2,8 @@
 
 With no configuration it runs the embedded source: the traffic generator writes into the
 landing folder of the data directory (after back-filling some history that contains an
-injected incident) and the streaming job reads it, so the real streaming path runs end to
-end with no broker and no cloud account.
+injected incident) and the streaming job reads it, so the real streaming path runs end
+to end with no broker and no cloud account.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from streaming.generator import (
     Incident,
@@ -27,7 +27,7 @@ from streaming.generator import (
 )
 from streaming.pipeline import BatchReport, OrderPipeline, PipelineSettings
 from streaming.sources import GeneratorFeed, LandingWriter, kafka_stream, landing_stream
-from streaming.tables import TableLayout
+from streaming.tables import SCHEMAS, TableLayout
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -58,10 +58,16 @@ class RunOptions:
 class ProgressPrinter:
     """One line per micro-batch, and the latest complete minute of KPIs."""
 
-    def __init__(self, out: IO[str]) -> None:
+    def __init__(self, out: TextIO) -> None:
         self.out = out
         self.batches = 0
-        self.totals = {"input": 0, "silver": 0, "quarantined": 0, "duplicates": 0, "late": 0}
+        self.totals = {
+            "input": 0,
+            "silver": 0,
+            "quarantined": 0,
+            "duplicates": 0,
+            "late": 0,
+        }
         self.started = time.monotonic()
         self._last_minute: datetime | None = None
 
@@ -73,13 +79,16 @@ class ProgressPrinter:
         self.totals["duplicates"] += report.duplicates_dropped
         self.totals["late"] += report.late_events
         watermark = report.watermark.strftime("%H:%M:%S") if report.watermark else "-"
+        rate = report.input_rows / max(report.batch_duration_s, 1e-3)
         self.out.write(
-            f"batch {report.batch_id:>4} | in {report.input_rows:>6,} "
-            f"({report.input_rows / max(report.batch_duration_s, 1e-3):,.0f}/s) | "
-            f"silver {report.silver_rows:>6,} quarantined {report.quarantined_rows:>4,} "
-            f"duplicates {report.duplicates_dropped:>4,} late {report.late_events:>3,} | "
-            f"gold rows {report.gold_rows_upserted:>5,} | watermark {watermark} UTC | "
-            f"{report.batch_duration_s:.1f}s\n"
+            f"batch {report.batch_id:>4} | "
+            f"in {report.input_rows:>6,} ({rate:,.0f}/s) | "
+            f"silver {report.silver_rows:>6,} "
+            f"quarantined {report.quarantined_rows:>4,} "
+            f"duplicates {report.duplicates_dropped:>4,} "
+            f"late {report.late_events:>3,} | "
+            f"gold rows {report.gold_rows_upserted:>5,} | "
+            f"watermark {watermark} UTC | {report.batch_duration_s:.1f}s\n"
         )
         self._print_latest_minute(report)
         self.out.flush()
@@ -93,7 +102,10 @@ class ProgressPrinter:
         if not overall:
             return
         latest = max(overall, key=lambda row: row["window_start"])
-        if self._last_minute is not None and latest["window_start"] <= self._last_minute:
+        if (
+            self._last_minute is not None
+            and latest["window_start"] <= self._last_minute
+        ):
             return
         self._last_minute = latest["window_start"]
         failure = _percent(latest["payment_failure_rate"])
@@ -101,7 +113,8 @@ class ProgressPrinter:
         p95 = latest["approval_latency_p95_s"]
         p95_text = f"{p95:.1f}s" if p95 is not None else "-"
         self.out.write(
-            f"      minute {latest['window_start']:%H:%M} UTC: orders {latest['orders_created']:,} "
+            f"      minute {latest['window_start']:%H:%M} UTC: "
+            f"orders {latest['orders_created']:,} "
             f"GMV R$ {latest['gmv']:,.2f} payment failures {failure} "
             f"cancellations {cancelled} approval p95 {p95_text}\n"
         )
@@ -130,7 +143,9 @@ def traffic_config(options: RunOptions, now: datetime) -> tuple[TrafficConfig, b
     layout = TableLayout(options.data_dir)
     fresh = not any(layout.landing_dir.glob("part-*.jsonl"))
     start = now - timedelta(minutes=options.backfill_minutes) if fresh else now
-    incidents: list[Incident] = [parse_incident(spec, now) for spec in options.incidents]
+    incidents: list[Incident] = [
+        parse_incident(spec, now) for spec in options.incidents
+    ]
     if options.default_incidents:
         incidents.extend(
             incident for incident in default_incidents(now) if incident.end > start
@@ -151,7 +166,7 @@ def traffic_config(options: RunOptions, now: datetime) -> tuple[TrafficConfig, b
 def run(
     options: RunOptions,
     spark: SparkSession,
-    out: IO[str] = sys.stdout,
+    out: TextIO = sys.stdout,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     extra_listeners: tuple[Callable[[BatchReport], None], ...] = (),
 ) -> int:
@@ -172,7 +187,9 @@ def run(
     feed = None
     if options.source == "embedded":
         config, fresh = traffic_config(options, clock())
-        feed = GeneratorFeed(OrderTrafficGenerator(config), LandingWriter(layout.landing_dir), clock)
+        feed = GeneratorFeed(
+            OrderTrafficGenerator(config), LandingWriter(layout.landing_dir), clock
+        )
         _announce_embedded(out, options, config, fresh)
         if fresh:
             # One landing file per minute of history, so the catch-up runs as a few
@@ -182,10 +199,14 @@ def run(
                 moment += timedelta(minutes=1)
                 feed.write_until(moment)
         feed.start()
-        stream: DataFrame = landing_stream(spark, layout.landing_dir, options.files_per_trigger)
+        stream: DataFrame = landing_stream(
+            spark, layout.landing_dir, options.files_per_trigger
+        )
     else:
         stream = kafka_stream(spark, options.kafka_options)
-        out.write(f"Reading topic {options.kafka_options.get('subscribe', '?')} from Kafka\n")
+        out.write(
+            f"Reading topic {options.kafka_options.get('subscribe', '?')} from Kafka\n"
+        )
     query = pipeline.start(stream, trigger_seconds=options.trigger_seconds)
     code = _wait(query, feed, options.duration_s, out)
     if feed:
@@ -197,7 +218,9 @@ def run(
     return code
 
 
-def _wait(query: Any, feed: GeneratorFeed | None, duration_s: float | None, out: IO[str]) -> int:
+def _wait(
+    query: Any, feed: GeneratorFeed | None, duration_s: float | None, out: TextIO
+) -> int:
     deadline = time.monotonic() + duration_s if duration_s else None
     try:
         while query.isActive:
@@ -217,7 +240,7 @@ def _wait(query: Any, feed: GeneratorFeed | None, duration_s: float | None, out:
     return 0
 
 
-def _stop_between_batches(query: Any, out: IO[str], patience_s: float = 300.0) -> None:
+def _stop_between_batches(query: Any, out: TextIO, patience_s: float = 300.0) -> None:
     """Let the running micro-batch finish, then stop the query.
 
     Stopping mid-batch would be safe (every write is idempotent and the batch is
@@ -233,19 +256,24 @@ def _stop_between_batches(query: Any, out: IO[str], patience_s: float = 300.0) -
         while query.status.get("isTriggerActive") and time.monotonic() < deadline:
             time.sleep(0.5)
     except KeyboardInterrupt:
-        out.write("Stopping now; the interrupted batch is replayed on the next start.\n")
+        out.write(
+            "Stopping now; the interrupted batch is replayed on the next start.\n"
+        )
     query.stop()
 
 
 def _announce_embedded(
-    out: IO[str], options: RunOptions, config: TrafficConfig, fresh: bool
+    out: TextIO, options: RunOptions, config: TrafficConfig, fresh: bool
 ) -> None:
     out.write(
-        f"OrderPulse: embedded source, {options.orders_per_minute:.0f} orders/min at peak, "
+        f"OrderPulse: embedded source, "
+        f"{options.orders_per_minute:.0f} orders/min at peak, "
         f"data in {options.data_dir}\n"
     )
     if fresh:
-        out.write(f"Back-filling {options.backfill_minutes:.0f} minutes of history first.\n")
+        out.write(
+            f"Back-filling {options.backfill_minutes:.0f} minutes of history first.\n"
+        )
     else:
         out.write("Resuming on an existing data directory (from its checkpoint).\n")
     for incident in config.incidents:
@@ -258,7 +286,7 @@ def _announce_embedded(
 
 
 def _summary(
-    out: IO[str],
+    out: TextIO,
     progress: ProgressPrinter,
     layout: TableLayout,
     options: RunOptions,
@@ -268,15 +296,18 @@ def _summary(
     totals = progress.totals
     out.write(
         f"\nDone: {progress.batches} micro-batches in {elapsed:.0f}s; "
-        f"{totals['input']:,} messages ({totals['input'] / max(elapsed, 1e-3):,.0f}/s), "
-        f"{totals['silver']:,} events in Silver, {totals['quarantined']:,} quarantined, "
+        f"{totals['input']:,} messages "
+        f"({totals['input'] / max(elapsed, 1e-3):,.0f}/s), "
+        f"{totals['silver']:,} events in Silver, "
+        f"{totals['quarantined']:,} quarantined, "
         f"{totals['duplicates']:,} duplicates dropped, {totals['late']:,} late.\n"
     )
     if feed:
-        out.write(f"Generated {feed.messages_written:,} messages into {layout.landing_dir}\n")
+        out.write(
+            f"Generated {feed.messages_written:,} messages into {layout.landing_dir}\n"
+        )
     out.write("Where to look:\n")
-    for table in ("bronze.order_events", "silver.order_events", "silver.quarantine",
-                  "gold.order_kpis", "gold.alerts", "gold.pipeline_health"):  # fmt: skip
+    for table in SCHEMAS:
         out.write(f"  {table:<22} {layout.path(table)}\n")
     out.write(
         f"  exported alerts/KPIs   {options.data_dir / 'exports'}\n"
@@ -286,27 +317,73 @@ def _summary(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", type=Path, default=Path("data"),
-                        help="where tables, checkpoints and the landing folder live")
-    parser.add_argument("--duration", type=float, default=None, metavar="SECONDS",
-                        help="stop after this many seconds (default: run until Ctrl-C)")
-    parser.add_argument("--source", choices=("embedded", "kafka"), default="embedded",
-                        help="embedded generator (no broker) or Kafka / Event Hubs")
-    parser.add_argument("--rate", type=float, default=300.0, dest="orders_per_minute",
-                        help="embedded source: orders per minute at the evening peak")
-    parser.add_argument("--seed", type=int, default=7, help="embedded source: random seed")
-    parser.add_argument("--backfill-minutes", type=float, default=30.0,
-                        help="embedded source: minutes of history written on a fresh data dir")
-    parser.add_argument("--incident", action="append", default=[], dest="incidents",
-                        metavar="SPEC",
-                        help="extra incident kind[:target]@offset_min+duration_min[*intensity]")
-    parser.add_argument("--no-default-incidents", action="store_false",
-                        dest="default_incidents", help="do not inject the demo incidents")
-    parser.add_argument("--bad-share", type=float, default=0.01,
-                        help="embedded source: share of malformed messages")
-    parser.add_argument("--trigger-seconds", type=float, default=5.0,
-                        help="micro-batch interval")
-    parser.add_argument("--rules-dir", type=Path, default=None,
-                        help="alert rule files (default: the packaged orders rules)")
-    parser.add_argument("--no-alerts", action="store_false", dest="alerts",
-                        help="run the pipeline without the rule engine and exporters")  # fmt: skip
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("data"),
+        help="where tables, checkpoints and the landing folder live",
+    )
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="stop after this many seconds (default: run until Ctrl-C)",
+    )
+    parser.add_argument(
+        "--source",
+        choices=("embedded", "kafka"),
+        default="embedded",
+        help="embedded generator (no broker) or Kafka / Event Hubs",
+    )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=300.0,
+        dest="orders_per_minute",
+        help="embedded source: orders per minute at the evening peak",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=7, help="embedded source: random seed"
+    )
+    parser.add_argument(
+        "--backfill-minutes",
+        type=float,
+        default=30.0,
+        help="embedded source: minutes of history written on a fresh data dir",
+    )
+    parser.add_argument(
+        "--incident",
+        action="append",
+        default=[],
+        dest="incidents",
+        metavar="SPEC",
+        help="extra incident kind[:target]@offset_min+duration_min[*intensity]",
+    )
+    parser.add_argument(
+        "--no-default-incidents",
+        action="store_false",
+        dest="default_incidents",
+        help="do not inject the demo incidents",
+    )
+    parser.add_argument(
+        "--bad-share",
+        type=float,
+        default=0.01,
+        help="embedded source: share of malformed messages",
+    )
+    parser.add_argument(
+        "--trigger-seconds", type=float, default=5.0, help="micro-batch interval"
+    )
+    parser.add_argument(
+        "--rules-dir",
+        type=Path,
+        default=None,
+        help="alert rule files (default: the packaged orders rules)",
+    )
+    parser.add_argument(
+        "--no-alerts",
+        action="store_false",
+        dest="alerts",
+        help="run the pipeline without the rule engine and exporters",
+    )

@@ -14,7 +14,7 @@ Reason codes (stable: dashboards and runbooks refer to them):
 ``missing_field``     a required field is absent or null
 ``invalid_type``      a field has the wrong JSON type
 ``unsupported_schema_version``  a schema version this job does not know
-``invalid_enum``      event type, channel, region, payment method or currency out of range
+``invalid_enum``      event type, channel, region, payment method or currency unknown
 ``invalid_timestamp`` ``occurred_at`` is not ISO-8601 with an offset
 ``timestamp_out_of_range``  before 2020 or more than the allowed skew in the future
 ``negative_amount``   an amount or item price below zero
@@ -29,10 +29,15 @@ from typing import TYPE_CHECKING
 
 from pyspark.sql import Column
 from pyspark.sql import functions as F
-
-from streaming.events import CHANNELS, EVENT_TYPES, PAYMENT_METHODS, REGIONS, SCHEMA_VERSION
 from pyspark.sql.types import ArrayType
 
+from streaming.events import (
+    CHANNELS,
+    EVENT_TYPES,
+    PAYMENT_METHODS,
+    REGIONS,
+    SCHEMA_VERSION,
+)
 from streaming.tables import LINE_ITEM
 
 if TYPE_CHECKING:
@@ -81,7 +86,7 @@ def _field(doc: Column, name: str) -> Column:
 
 
 def _json_type(doc: Column, name: str) -> Column:
-    """The JSON type of a field: ``STRING``, ``BIGINT``, ``DOUBLE``, ``DECIMAL(..)``, ``VOID``...
+    """The JSON type of a field: ``STRING``, ``BIGINT``, ``DECIMAL(..)``, ``VOID``...
 
     Null when the field is absent.
     """
@@ -106,7 +111,9 @@ def _text(name: str) -> Column:
     return F.col(f"fields.{name}")
 
 
-def classify(bronze: DataFrame, settings: ValidationSettings | None = None) -> DataFrame:
+def classify(
+    bronze: DataFrame, settings: ValidationSettings | None = None
+) -> DataFrame:
     """Bronze rows with a ``rejection`` struct (null when valid) and normalized fields.
 
     The result keeps every Bronze column and adds ``fields`` (the contract's fields,
@@ -147,34 +154,52 @@ def classify(bronze: DataFrame, settings: ValidationSettings | None = None) -> D
         wrong_string,
         F.when(
             ~version_type.isin("BIGINT", "INT", "SMALLINT", "TINYINT"),
-            F.concat(F.lit("field 'schema_version' must be an integer, got "), version_type),
+            F.concat(
+                F.lit("field 'schema_version' must be an integer, got "), version_type
+            ),
         ),
         F.when(
             amount_type.isNotNull()
             & (amount_type != "VOID")
-            & ~(amount_type.startswith("DECIMAL") | amount_type.isin("BIGINT", "DOUBLE")),
+            & ~(
+                amount_type.startswith("DECIMAL") | amount_type.isin("BIGINT", "DOUBLE")
+            ),
             F.concat(F.lit("field 'amount' must be a number, got "), amount_type),
         ),
         F.when(
-            items_type.isNotNull() & (items_type != "VOID") & ~items_type.startswith("ARRAY"),
+            items_type.isNotNull()
+            & (items_type != "VOID")
+            & ~items_type.startswith("ARRAY"),
             F.concat(F.lit("field 'items' must be an array, got "), items_type),
         ),
     )
 
     fields = F.struct(
         F.trim(F.try_variant_get(doc_col, "$.event_id", "string")).alias("event_id"),
-        F.lower(F.trim(F.try_variant_get(doc_col, "$.event_type", "string"))).alias("event_type"),
-        F.trim(F.try_variant_get(doc_col, "$.occurred_at", "string")).alias("occurred_at_text"),
+        F.lower(F.trim(F.try_variant_get(doc_col, "$.event_type", "string"))).alias(
+            "event_type"
+        ),
+        F.trim(F.try_variant_get(doc_col, "$.occurred_at", "string")).alias(
+            "occurred_at_text"
+        ),
         F.trim(F.try_variant_get(doc_col, "$.order_id", "string")).alias("order_id"),
-        F.lower(F.trim(F.try_variant_get(doc_col, "$.channel", "string"))).alias("channel"),
-        F.upper(F.trim(F.try_variant_get(doc_col, "$.region", "string"))).alias("region"),
+        F.lower(F.trim(F.try_variant_get(doc_col, "$.channel", "string"))).alias(
+            "channel"
+        ),
+        F.upper(F.trim(F.try_variant_get(doc_col, "$.region", "string"))).alias(
+            "region"
+        ),
         F.try_variant_get(doc_col, "$.schema_version", "int").alias("schema_version"),
-        F.trim(F.try_variant_get(doc_col, "$.customer_id", "string")).alias("customer_id"),
+        F.trim(F.try_variant_get(doc_col, "$.customer_id", "string")).alias(
+            "customer_id"
+        ),
         F.lower(F.trim(F.try_variant_get(doc_col, "$.payment_method", "string"))).alias(
             "payment_method"
         ),
         F.try_variant_get(doc_col, "$.amount", "decimal(18,2)").alias("amount"),
-        F.upper(F.trim(F.try_variant_get(doc_col, "$.currency", "string"))).alias("currency"),
+        F.upper(F.trim(F.try_variant_get(doc_col, "$.currency", "string"))).alias(
+            "currency"
+        ),
         F.try_variant_get(doc_col, "$.items", ITEMS_TYPE).alias("items"),
         F.try_variant_get(doc_col, "$.reason", "string").alias("reason"),
     )
@@ -196,12 +221,19 @@ def classify(bronze: DataFrame, settings: ValidationSettings | None = None) -> D
         enum_check("payment_method", PAYMENT_METHODS),
         F.when(
             _text("currency").isNotNull() & ~_text("currency").rlike("^[A-Z]{3}$"),
-            F.concat(F.lit("field 'currency' is not an ISO 4217 code: '"), _text("currency"), F.lit("'")),
+            F.concat(
+                F.lit("field 'currency' is not an ISO 4217 code: '"),
+                _text("currency"),
+                F.lit("'"),
+            ),
         ),
     )
     items = _text("items")
     bad_items = F.exists(
-        items, lambda item: item["quantity"].isNull() | (item["quantity"] <= 0) | item["sku"].isNull()
+        items,
+        lambda item: (
+            item["quantity"].isNull() | (item["quantity"] <= 0) | item["sku"].isNull()
+        ),
     )
     negative_item = F.exists(items, lambda item: item["unit_price"] < 0)
     skew_seconds = int(settings.future_skew.total_seconds())
@@ -209,7 +241,9 @@ def classify(bronze: DataFrame, settings: ValidationSettings | None = None) -> D
 
     rejection = _first(
         (
-            F.when(F.col("payload").isNull(), F.lit(False)).otherwise(~F.is_valid_utf8(text)),
+            F.when(F.col("payload").isNull(), F.lit(False)).otherwise(
+                ~F.is_valid_utf8(text)
+            ),
             "invalid_encoding",
             F.lit("payload is not valid UTF-8"),
         ),
@@ -231,7 +265,9 @@ def classify(bronze: DataFrame, settings: ValidationSettings | None = None) -> D
         (
             ~F.schema_of_variant(doc_col).startswith("OBJECT"),
             "not_an_object",
-            F.concat(F.lit("expected a JSON object, got "), F.schema_of_variant(doc_col)),
+            F.concat(
+                F.lit("expected a JSON object, got "), F.schema_of_variant(doc_col)
+            ),
         ),
         (
             missing.isNotNull(),

@@ -1,13 +1,13 @@
 """Where raw messages come from: the embedded landing folder or Kafka / Event Hubs.
 
-Both sources produce the same *raw* frame: a binary ``payload`` plus the source coordinates
-of :data:`streaming.tables.SOURCE_COORDINATES`, so the pipeline does not care which one
-runs.
+Both sources produce the same *raw* frame: a binary ``payload`` plus the source
+coordinates of :data:`streaming.tables.SOURCE_COORDINATES`, so the pipeline does not
+care which one runs.
 
-The embedded source is a landing folder: :class:`LandingWriter` writes generated messages
-as JSON-lines files (atomically: a hidden temporary file renamed into place), and Spark's
-file source streams them in, one row per line with its file and line number as
-coordinates.
+The embedded source is a landing folder: :class:`LandingWriter` writes generated
+messages as JSON-lines files (atomically: a hidden temporary file renamed into place),
+and Spark's file source streams them in, one row per line with its file and line number
+as coordinates.
 """
 
 from __future__ import annotations
@@ -75,8 +75,8 @@ class GeneratorFeed:
     """Runs the traffic generator against the landing folder in a background thread.
 
     Every ``step`` of wall time it advances the generator to ``clock()`` and writes what
-    was sent in the meantime. ``backfill_until`` first writes the history up to that time
-    in one go (the demo starts with half an hour of past traffic).
+    was sent in the meantime. :meth:`write_until` writes history up to a time in one
+    go (the demo starts with half an hour of past traffic).
     """
 
     def __init__(
@@ -106,7 +106,9 @@ class GeneratorFeed:
         return len(messages)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="generator-feed", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name="generator-feed", daemon=True
+        )
         self._thread.start()
 
     def stop(self) -> None:

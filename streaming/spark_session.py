@@ -1,9 +1,9 @@
 """The one place where Spark sessions are built.
 
-Every job, test and benchmark gets its session from :func:`build_spark_session`, so Delta,
-the state store and the jar list are configured identically everywhere. Jars are handed to
-Spark as local files (``spark.jars``) fetched once by ``scripts/setup``; a session never
-resolves packages from the network.
+Every job, test and benchmark gets its session from :func:`build_spark_session`, so
+Delta, the state store and the jar list are configured identically everywhere. Jars are
+handed to Spark as local files (``spark.jars``) fetched once by ``scripts/setup``; a
+session never resolves packages from the network.
 """
 
 from __future__ import annotations
@@ -104,7 +104,6 @@ def session_conf(settings: SparkSettings) -> dict[str, str]:
         # Small local batches: skip the adaptive re-planning and keep files few.
         "spark.sql.adaptive.enabled": "false",
         "spark.databricks.delta.snapshotPartitions": "2",
-        "spark.databricks.delta.properties.defaults.autoOptimize.optimizeWrite": "false",
         "spark.sql.streaming.noDataMicroBatches.enabled": "false",
     }
     conf.update(settings.extra_conf)

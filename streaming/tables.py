@@ -2,8 +2,8 @@
 
 Locally every table is a folder under one data directory (``bronze/order_events``, ...).
 On Databricks the same tables are Unity Catalog tables named
-``<catalog>.<schema>.<layer>_<name>``; :class:`TableLayout` hides the difference from the
-rest of the job.
+``<catalog>.<schema>.<layer>_<name>``; :class:`TableLayout` hides the difference from
+the rest of the job.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pyspark.sql.types import (
     ArrayType,
     BinaryType,
     BooleanType,
+    DataType,
     DateType,
     DecimalType,
     DoubleType,
@@ -32,8 +33,10 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 
-def _schema(*fields: tuple[str, object, bool]) -> StructType:
-    return StructType([StructField(name, kind, nullable) for name, kind, nullable in fields])  # type: ignore[arg-type]
+def _schema(*fields: tuple[str, DataType, bool]) -> StructType:
+    return StructType(
+        [StructField(name, kind, nullable) for name, kind, nullable in fields]
+    )
 
 
 SOURCE_COORDINATES = (
@@ -233,7 +236,9 @@ class TableLayout:
         for table, schema in SCHEMAS.items():
             builder = DeltaTable.createIfNotExists(spark).addColumns(schema)
             name = self.uc_name(table)
-            builder = builder.tableName(name) if name else builder.location(self.path(table))
+            builder = (
+                builder.tableName(name) if name else builder.location(self.path(table))
+            )
             partitions = PARTITIONS.get(table)
             if partitions:
                 builder = builder.partitionedBy(*partitions)
