@@ -42,9 +42,11 @@ class LocalFiles:
     def print_kpis(self, records: Sequence[Mapping[str, Any]]) -> None:
         """One line per final whole-shop window; the per-dimension rows stay in
         the file so the console remains readable."""
-        for r in records:
-            if r.get("Dimension") != "all" or not r.get("IsFinal"):
-                continue
+        overall = [
+            r for r in records if r.get("Dimension") == "all" and r.get("IsFinal")
+        ]
+        overall.sort(key=lambda r: (r["WindowStart"], r["Grain"]))
+        for r in overall:
             print(kpi_line(r), file=self._console or sys.stdout, flush=True)
 
 

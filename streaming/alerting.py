@@ -19,9 +19,11 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
+
+from pyspark.sql import functions as F
 
 from alert_rules.alerts import EvaluationResult, Notification
 from alert_rules.cli import default_rules_dir
@@ -31,7 +33,7 @@ from alert_rules.reload import RuleWatcher
 from alert_rules.samples import KpiSample, PipelineStatus
 from alert_rules.state import DeltaStateStore
 from exporters import AlertNotification, ExporterHub, build_exporters
-from streaming.pipeline import BatchReport
+from streaming.pipeline import BatchReport, utc_row
 from streaming.tables import SCHEMAS, TableLayout
 
 if TYPE_CHECKING:
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
+RESUME_LOOKBACK = timedelta(hours=1)
 
 
 def to_exporter(notification: Notification) -> AlertNotification:
@@ -122,6 +125,19 @@ class AlertingHook:
         self.exporter.publish_kpis(report.changed_kpis)
         self.exporter.publish_health(report.health_record())
 
+    def resume(
+        self, recent_kpis: Sequence[dict[str, Any]], status: PipelineStatus
+    ) -> None:
+        """Re-evaluate the last stretch of Gold after a restart.
+
+        Evaluation is idempotent, so windows the engine already saw change nothing;
+        windows written just before a crash that the engine never saw are caught up.
+        """
+        self._status = status
+        samples = [KpiSample.from_dict(row) for row in recent_kpis]
+        with self._lock:
+            self._handle(self.engine.evaluate(samples, status))
+
     def tick(self) -> None:
         """One timer evaluation (absence, stalled pipeline, repeats, rule reload)."""
         if self._status is None:
@@ -183,6 +199,7 @@ def build_alerting(
     start: bool = True,
 ) -> AlertingHook:
     """The engine with persisted state and hot-reloaded rules, and the exporters."""
+    layout.ensure(spark)
     paths = [rules_dir or default_rules_dir()]
     rules = load_rule_set(paths)
     engine = Engine(
@@ -193,6 +210,39 @@ def build_alerting(
     )
     exporter = build_exporters(None, layout.data_dir, clock, console=out)
     hook = AlertingHook(engine, AlertRecorder(spark, layout, clock), exporter, clock)
+    recent = recent_gold(spark, layout, RESUME_LOOKBACK)
+    if recent is not None:
+        hook.resume(*recent)
     if start:
         hook.start()
     return hook
+
+
+def recent_gold(
+    spark: SparkSession, layout: TableLayout, lookback: timedelta
+) -> tuple[list[dict[str, Any]], PipelineStatus] | None:
+    """The Gold rows of the last ``lookback`` of event time and the pipeline status
+    recorded by the last batch, or None on a fresh data directory."""
+    health = (
+        layout.read(spark, "gold.pipeline_health")
+        .where(F.col("watermark").isNotNull())
+        .orderBy(F.col("batch_id").desc())
+        .first()
+    )
+    if health is None:
+        return None
+    last = utc_row(health.asDict())
+    since = last["max_event_time"] - lookback
+    rows = (
+        layout.read(spark, "gold.order_kpis")
+        .where(F.col("window_end") > F.lit(since))
+        .orderBy("window_start")
+        .collect()
+    )
+    status = PipelineStatus(
+        watermark=last["watermark"],
+        latest_event_time=last["max_event_time"],
+        last_batch_at=last["batch_started_at"]
+        + timedelta(seconds=last["batch_duration_s"]),
+    )
+    return [utc_row(row.asDict()) for row in rows], status

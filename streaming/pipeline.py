@@ -362,7 +362,7 @@ class OrderPipeline:
                         .whenNotMatchedInsertAll()
                         .execute()
                     )
-                changed = [_utc_row(row.asDict()) for row in kpis.collect()]
+                changed = [utc_row(row.asDict()) for row in kpis.collect()]
             finally:
                 kpis.unpersist()
             late = int(
@@ -390,7 +390,7 @@ class OrderPipeline:
         """Mark open windows that the watermark has passed as final; return them."""
         condition = (~F.col("is_final")) & (F.col("window_end") <= F.lit(watermark))
         closing = self.layout.read(self.spark, "gold.order_kpis").where(condition)
-        rows = [_utc_row(row.asDict()) for row in closing.collect()]
+        rows = [utc_row(row.asDict()) for row in closing.collect()]
         if not rows:
             return []
         gold.update(
@@ -485,7 +485,8 @@ def _as_utc(moment: datetime | None) -> datetime | None:
     return None if moment is None else _utc(moment)
 
 
-def _utc_row(row: dict[str, Any]) -> dict[str, Any]:
+def utc_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A collected row with its timestamps made timezone-aware UTC."""
     return {
         key: _as_utc(value) if isinstance(value, datetime) else value
         for key, value in row.items()

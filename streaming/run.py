@@ -56,7 +56,7 @@ class RunOptions:
 
 
 class ProgressPrinter:
-    """One line per micro-batch, and the latest complete minute of KPIs."""
+    """One line per micro-batch (KPIs and alerts are printed by the exporters)."""
 
     def __init__(self, out: TextIO) -> None:
         self.out = out
@@ -69,7 +69,6 @@ class ProgressPrinter:
             "late": 0,
         }
         self.started = time.monotonic()
-        self._last_minute: datetime | None = None
 
     def __call__(self, report: BatchReport) -> None:
         self.batches += 1
@@ -90,52 +89,7 @@ class ProgressPrinter:
             f"gold rows {report.gold_rows_upserted:>5,} | "
             f"watermark {watermark} UTC | {report.batch_duration_s:.1f}s\n"
         )
-        self._print_latest_minute(report)
         self.out.flush()
-
-    def _print_latest_minute(self, report: BatchReport) -> None:
-        overall = [
-            row
-            for row in report.changed_kpis
-            if row["grain"] == "1m" and row["dimension"] == "all" and row["is_final"]
-        ]
-        if not overall:
-            return
-        latest = max(overall, key=lambda row: row["window_start"])
-        if (
-            self._last_minute is not None
-            and latest["window_start"] <= self._last_minute
-        ):
-            return
-        self._last_minute = latest["window_start"]
-        failure = _percent(latest["payment_failure_rate"])
-        cancelled = _percent(latest["cancellation_rate"])
-        p95 = latest["approval_latency_p95_s"]
-        p95_text = f"{p95:.1f}s" if p95 is not None else "-"
-        self.out.write(
-            f"      minute {latest['window_start']:%H:%M} UTC: "
-            f"orders {latest['orders_created']:,} "
-            f"GMV R$ {latest['gmv']:,.2f} payment failures {failure} "
-            f"cancellations {cancelled} approval p95 {p95_text}\n"
-        )
-        by_method = [
-            row
-            for row in report.changed_kpis
-            if row["grain"] == "1m"
-            and row["dimension"] == "payment_method"
-            and row["window_start"] == latest["window_start"]
-            and (row["payment_failure_rate"] or 0) >= 0.2
-            and row["payments_approved"] + row["payments_failed"] >= 10
-        ]
-        for row in by_method:
-            self.out.write(
-                f"      !! payment failures {_percent(row['payment_failure_rate'])} "
-                f"for {row['dimension_value']} in minute {row['window_start']:%H:%M}\n"
-            )
-
-
-def _percent(value: float | None) -> str:
-    return f"{value:.1%}" if value is not None else "-"
 
 
 def traffic_config(options: RunOptions, now: datetime) -> tuple[TrafficConfig, bool]:
