@@ -154,10 +154,18 @@ class Notification:
 
 @dataclass(frozen=True)
 class EvaluationResult:
-    """What one ``evaluate`` or ``tick`` produced."""
+    """What one ``evaluate`` or ``tick`` produced.
+
+    ``series_evaluated`` counts rule level x series evaluations: one rule level
+    (e.g. the critical level of PaymentFailuresByMethod) judged on one series
+    (e.g. the 5m payment_method=pix row series) at this call.
+    """
 
     transitions: tuple[Transition, ...] = ()
     notifications: tuple[Notification, ...] = ()
     rules_evaluated: int = 0
     series_evaluated: int = 0
     reload_errors: tuple[str, ...] = field(default=())
+    # Seconds spent judging in memory (ingest + rule evaluation), without
+    # rendering, routing or persisting: what the evaluation benchmark divides by.
+    evaluation_seconds: float = 0.0

@@ -10,9 +10,8 @@ on 5m windows fires once the run holds two windows.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from alert_rules.history import SeriesKey, WindowHistory, last_final_start
 from alert_rules.model import (
@@ -27,9 +26,12 @@ from alert_rules.model import (
 from alert_rules.samples import GRAINS, KPIS, KpiKind
 
 
-@dataclass(frozen=True)
-class Observation:
-    """The verdict for one rule level on one series at one evaluation."""
+class Observation(NamedTuple):
+    """The verdict for one rule level on one series at one evaluation.
+
+    A named tuple rather than a dataclass: one is built per judged window, and
+    tuple construction is several times cheaper on this hot path.
+    """
 
     breaching: bool
     run_start: datetime | None = None
@@ -65,12 +67,66 @@ def lookback(rule: Rule) -> timedelta:
     return step * windows
 
 
+RunMemo = dict[SeriesKey, dict[tuple[str, str], dict[datetime, Observation]]]
+
+
+class VerdictMemo:
+    """Verdicts of windows already judged, per series, rule and level.
+
+    A window's verdict (breaching, and the run of breaching windows ending at
+    it) depends only on that window and earlier ones of the same series, so it
+    stays valid until a row at or before it changes: :meth:`forget` drops the
+    verdicts from the oldest changed window on. With it, judging a series at an
+    evaluation costs one window, not a walk over the whole run.
+    """
+
+    def __init__(self) -> None:
+        self.runs: RunMemo = {}
+
+    def of(
+        self, key: SeriesKey, rule: str, severity: str
+    ) -> dict[datetime, Observation]:
+        """The verdicts of one rule level on series ``key`` (mutable)."""
+        per_series = self.runs.get(key)
+        if per_series is None:
+            per_series = self.runs[key] = {}
+        verdicts = per_series.get((rule, severity))
+        if verdicts is None:
+            verdicts = per_series[(rule, severity)] = {}
+        return verdicts
+
+    def forget(self, key: SeriesKey, since: datetime) -> None:
+        """Drop verdicts of ``key`` for windows starting at or after ``since``."""
+        for verdicts in self.runs.get(key, {}).values():
+            for start in [s for s in verdicts if s >= since]:
+                del verdicts[start]
+
+    def trim(self, key: SeriesKey, oldest: datetime | None) -> None:
+        """Drop verdicts of windows older than ``oldest`` (all when None)."""
+        if oldest is None:
+            self.runs.pop(key, None)
+            return
+        for verdicts in self.runs.get(key, {}).values():
+            for start in [s for s in verdicts if s < oldest]:
+                del verdicts[start]
+
+    def clear(self) -> None:
+        """Forget everything (the rules changed)."""
+        self.runs.clear()
+
+
 class SeriesJudge:
     """Judges rules on series of one :class:`WindowHistory` at an evaluation time."""
 
-    def __init__(self, history: WindowHistory, watermark: datetime) -> None:
+    def __init__(
+        self,
+        history: WindowHistory,
+        watermark: datetime,
+        memo: VerdictMemo | None = None,
+    ) -> None:
         self.history = history
         self.watermark = watermark
+        self.memo = memo if memo is not None else VerdictMemo()
 
     def value(self, key: SeriesKey, start: datetime, kpi: str) -> float | None:
         """KPI value of a window; a missing row counts as 0 for counts and sums."""
@@ -108,36 +164,71 @@ class SeriesJudge:
         if isinstance(condition, ChangeCondition):
             return self._walk(rule, level, key, (condition.kpi, 0.0))
         if isinstance(condition, AbsenceCondition):
-            return self._absence(rule, condition, key)
+            return self.final_verdict(rule, level, key)
         return NOT_BREACHING
+
+    def final_verdict(self, rule: Rule, level: Level, key: SeriesKey) -> Observation:
+        """Verdict on the newest final window, for rules that judge only those.
+
+        Memoised like :meth:`run_at`: it depends only on windows up to the
+        newest final one.
+        """
+        newest = last_final_start(self.watermark, rule.grain)
+        condition = rule.condition
+        if not isinstance(condition, AbsenceCondition):
+            return self.run_at(rule, level, key, newest)
+        verdicts = self.memo.of(key, rule.name, level.severity)
+        known = verdicts.get(newest)
+        if known is None:
+            known = verdicts[newest] = self._absence(rule, condition, key)
+        return known
 
     def _walk(
         self, rule: Rule, level: Level, key: SeriesKey, guard: tuple[str, float]
     ) -> Observation:
-        step = GRAINS[rule.grain]
         start = self.candidate(rule, key, guard)
-        newest = self.judge_window(rule, level, key, start)
-        if not newest.breaching:
-            return newest
-        needed = windows_needed(rule)
-        run_start, count = start, 1
+        return self.run_at(rule, level, key, start)
+
+    def run_at(
+        self, rule: Rule, level: Level, key: SeriesKey, start: datetime
+    ) -> Observation:
+        """Verdict on the window at ``start`` with the breaching run ending there.
+
+        Uses and fills the memo: only windows not judged before are judged.
+        """
+        verdicts = self.memo.of(key, rule.name, level.severity)
+        known = verdicts.get(start)
+        if known is not None:
+            return known
+        step = GRAINS[rule.grain]
         oldest = self.history.oldest(key) or start
-        # Walk back past `needed` too, so an alert restored mid-run or first
-        # seen late still reports when its condition began.
-        while run_start - step >= oldest and count < needed + 60:
-            earlier = self.judge_window(rule, level, key, run_start - step)
-            if not earlier.breaching:
+        # Walk back over breaching windows not judged yet, well past `for`, so
+        # an alert restored mid-run or first seen late still reports when its
+        # condition began; a memoised verdict ends the walk.
+        limit = windows_needed(rule) + 60
+        fresh: list[tuple[datetime, Observation]] = []
+        moment = start
+        before: Observation | None = None
+        while True:
+            verdict = self.judge_window(rule, level, key, moment)
+            fresh.append((moment, verdict))
+            if not verdict.breaching or moment - step < oldest or len(fresh) > limit:
                 break
-            run_start, count = run_start - step, count + 1
-        return Observation(
-            True,
-            run_start,
-            count,
-            newest.value,
-            newest.threshold,
-            newest.reference,
-            newest.spread,
-        )
+            before = verdicts.get(moment - step)
+            if before is not None:
+                break
+            moment -= step
+        for moment, judged in reversed(fresh):
+            verdict = judged
+            if judged.breaching:
+                if before is not None and before.breaching:
+                    run_start, count = before.run_start, before.run_windows + 1
+                else:
+                    run_start, count = moment, 1
+                verdict = judged._replace(run_start=run_start, run_windows=count)
+            verdicts[moment] = verdict
+            before = verdict
+        return verdicts[start]
 
     def judge_window(
         self, rule: Rule, level: Level, key: SeriesKey, start: datetime
@@ -279,6 +370,7 @@ class SeriesJudge:
     def _absence(
         self, rule: Rule, condition: AbsenceCondition, key: SeriesKey
     ) -> Observation:
+        """Silence run ending at the newest final window (use final_verdict)."""
         step = GRAINS[rule.grain]
         newest = last_final_start(self.watermark, rule.grain)
         oldest = self.history.oldest(key)

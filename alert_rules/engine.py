@@ -9,8 +9,17 @@ Each transition is one :class:`Transition` (a ``gold.alerts`` row). Firing,
 repeat and resolved transitions that reach receivers are :class:`Notification`.
 
 Time: window judgements use event time (``PipelineStatus``); silences, repeat
-intervals and the pipeline-stalled rule use the injected wall clock. Nothing
-sleeps.
+intervals, freshness and the pipeline-stalled rule use the injected wall
+clock. Nothing sleeps.
+
+Cost: evaluation is separate from persistence. Rows go into an in-memory
+window history indexed by series; each window is judged once per rule level
+(verdicts and breaching runs are memoised until a row at or before them
+changes), and a rule level whose series and final window did not move since
+its last judgement is skipped in O(1). Templates are rendered only on a
+transition. Only what changed (alerts, undelivered notifications, new or
+dropped windows, the watermark) is written to the state store, and nothing is
+written when nothing changed.
 
 Delivery contract (at least once): the engine saves its state, including the
 notifications it just produced, before returning them. They count as delivered
@@ -38,8 +47,14 @@ from alert_rules.alerts import (
     fingerprint_of,
     stable_id,
 )
-from alert_rules.conditions import Observation, SeriesJudge, lookback, windows_needed
-from alert_rules.history import SeriesKey, WindowHistory
+from alert_rules.conditions import (
+    Observation,
+    SeriesJudge,
+    VerdictMemo,
+    lookback,
+    windows_needed,
+)
+from alert_rules.history import SeriesKey, WindowHistory, last_final_start
 from alert_rules.model import (
     AbsenceCondition,
     Level,
@@ -50,16 +65,28 @@ from alert_rules.model import (
 )
 from alert_rules.reload import RuleWatcher
 from alert_rules.samples import KpiSample, PipelineStatus
-from alert_rules.state import EngineSnapshot, StateStore
+from alert_rules.state import (
+    EngineMeta,
+    StateChanges,
+    StateKey,
+    StateStore,
+    alert_row,
+    meta_row,
+    outbox_row,
+    window_key,
+    window_row,
+)
 
 logger = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
 
-DEFAULT_FRESHNESS = StalledCondition(
-    max_batch_age=timedelta(minutes=5), max_watermark_lag=timedelta(minutes=10)
-)
 _PIPELINE_KEY: SeriesKey = ("", "all", "all")
+
+# What a rule level's verdict on a series depends on besides the alert itself:
+# the series' version, the newest final window of its grain, and for absence
+# rules whether the pipeline is fresh. Equal epochs give equal verdicts.
+_Epoch = tuple[int, datetime, bool]
 
 
 @dataclass(frozen=True)
@@ -71,6 +98,20 @@ class _Change:
     rule: Rule | None
 
 
+@dataclass(frozen=True)
+class _Track:
+    """One rule level on one series, with its precomputed identity."""
+
+    rule: Rule
+    level: Level
+    key: SeriesKey
+    labels: dict[str, str]
+    fingerprint: str
+    needed: int
+    # Judges final windows only (its verdict is memoised per final window).
+    final_only: bool
+
+
 class Engine:
     """Evaluates a :class:`RuleSet` and keeps alert state in a :class:`StateStore`.
 
@@ -78,6 +119,16 @@ class Engine:
     restarts; it is read on construction. ``clock``: returns the wall-clock
     time (aware UTC). ``watcher``: optional hot-reload source polled on
     :meth:`tick`.
+
+    Restart contract for the caller: the engine restores its alerts, its
+    undelivered notifications (returned again by the first call) and the
+    window history it had persisted. Passing recent Gold rows to
+    :meth:`evaluate` once on start (e.g. the last :attr:`history_needed` of
+    ``gold.order_kpis``) is safe and fills any gap: rows the engine already
+    holds with the same ``updated_at`` are ignored, newer ones replace theirs.
+    A restart never re-pages an alert that was already notified, keeps pending
+    alerts with their start time, and resolves a firing alert whose condition
+    ended while the engine was down at the first call that sees the data.
     """
 
     def __init__(
@@ -95,7 +146,12 @@ class Engine:
         self._outbox: list[Notification] = []
         self._redeliver: list[Notification] = []
         self._retired: list[AlertState] = []
-        self._labels: dict[tuple[str, str, SeriesKey], tuple[dict[str, str], str]] = {}
+        self._meta = EngineMeta()
+        self._persisted: dict[StateKey, str] = {}
+        self._memo = VerdictMemo()
+        self._epochs: dict[tuple[str, str, SeriesKey], _Epoch] = {}
+        self._tracks: dict[str, dict[SeriesKey, tuple[_Track, ...]]] = {}
+        self._tracks_layout = -1
         self.rules = rules
         self._history = WindowHistory({}, set())
         self._configure(rules)
@@ -115,17 +171,25 @@ class Engine:
             )
         self.rules = rules
         self._rules_by_name = {rule.name: rule for rule in rules.rules}
+        self._series_rules = [
+            rule
+            for rule in rules.rules
+            if not isinstance(rule.condition, StalledCondition)
+        ]
+        self._stalled_rules = [
+            rule for rule in rules.rules if isinstance(rule.condition, StalledCondition)
+        ]
         self._history.retention = retention
         self._history.wanted = wanted
-        self._labels.clear()
-        self._freshness = next(
-            (
-                rule.condition
-                for rule in rules.rules
-                if isinstance(rule.condition, StalledCondition)
-            ),
-            DEFAULT_FRESHNESS,
-        )
+        self._tracks = {rule.name: {} for rule in self._series_rules}
+        self._tracks_layout = -1
+        self._epochs.clear()
+        self._memo.clear()
+
+    @property
+    def history_needed(self) -> timedelta:
+        """How much Gold history the rules read (replay this much on start)."""
+        return max(self._history.retention.values(), default=timedelta(0))
 
     def replace_rules(self, rules: RuleSet) -> list[str]:
         """Swap in ``rules``; alerts of changed or removed rules are retired.
@@ -156,7 +220,7 @@ class Engine:
     # -- persistence ---------------------------------------------------------
 
     def restore(self) -> None:
-        """Load alerts, undelivered notifications and window history from the store."""
+        """Load alerts, undelivered notifications, windows and the watermark."""
         snapshot = self._store.load()
         if snapshot is None:
             return
@@ -169,26 +233,66 @@ class Engine:
                 self._alerts[alert.fingerprint] = alert
         self._history.add(snapshot.history)
         self._redeliver = list(snapshot.outbox)
+        self._meta = snapshot.meta
+        self._memo.clear()
+        self._epochs.clear()
+        self._tracks_layout = -1
+        # What was just read is what is stored: only later changes are written.
+        self._persisted = dict(self._small_rows())
+        self._persisted[meta_row(self._meta)[0]] = meta_row(self._meta)[1]
+        stored, _dropped = self._history.take_changes()
         logger.info(
             "alert_state_restored alerts=%d undelivered=%d windows=%d",
             len(self._alerts),
             len(self._redeliver),
-            len(snapshot.history),
+            len(stored),
         )
 
+    def _small_rows(self) -> dict[StateKey, str]:
+        rows = dict(alert_row(alert) for alert in self._alerts.values())
+        rows.update(outbox_row(n) for n in self._redeliver)
+        rows.update(outbox_row(n) for n in self._outbox)
+        return rows
+
     def save_state(self) -> None:
-        """Persist the current state (done automatically after every call)."""
-        snapshot = EngineSnapshot(
-            alerts=list(self._alerts.values()),
-            outbox=list(self._redeliver) + list(self._outbox),
-            history=list(self._history.samples()),
-            saved_at=self._clock(),
-        )
-        self._store.save(snapshot)
+        """Persist what changed since the last save (done after every call).
+
+        Alerts and undelivered notifications are compared with what was last
+        written; new and dropped history windows come from the history. When
+        nothing changed, nothing is written.
+        """
+        rows = self._small_rows()
+        upserts = [
+            (key, payload)
+            for key, payload in rows.items()
+            if self._persisted.get(key) != payload
+        ]
+        deletes = [
+            key for key in self._persisted if key not in rows and key[0] != "meta"
+        ]
+        stored, dropped = self._history.take_changes()
+        upserts.extend(window_row(sample) for sample in stored)
+        deletes.extend(window_key(sample) for sample in dropped)
+        meta_key, meta_payload = meta_row(self._meta)
+        if (
+            not upserts
+            and not deletes
+            and self._persisted.get(meta_key) == meta_payload
+        ):
+            return
+        self._meta.saved_at = self._clock()
+        upserts.append(meta_row(self._meta))
+        self._store.save(StateChanges(tuple(upserts), tuple(deletes)))
+        for key in deletes:
+            self._persisted.pop(key, None)
+        self._persisted.update((k, v) for k, v in upserts if k[0] != "window")
+        self._persisted[meta_key] = meta_payload
 
     def acknowledge(self, keys: Iterable[str]) -> None:
         """Mark notifications delivered by idempotency key, and persist that."""
         done = set(keys)
+        if not done:
+            return
         self._outbox = [n for n in self._outbox if n.idempotency_key not in done]
         self._redeliver = [n for n in self._redeliver if n.idempotency_key not in done]
         self.save_state()
@@ -203,16 +307,21 @@ class Engine:
     def evaluate(
         self, samples: Iterable[KpiSample], pipeline: PipelineStatus
     ) -> EvaluationResult:
-        """Take the Gold rows of a micro-batch and evaluate the series they touch.
+        """Take the Gold rows of a micro-batch (any number, any order) and evaluate.
 
-        Rules whose verdict does not depend on new rows (absence, pipeline
-        stalled) and series with live alerts are evaluated too.
+        Every rule level is evaluated on every series it watches; those whose
+        series did not change and whose newest final window did not move keep
+        their verdict at O(1) cost. State is saved before returning (see the
+        class docstring for the restart contract).
         """
+        started = time.perf_counter()
         touched = self._history.add(samples)
-        return self._run(pipeline, touched)
+        for key, since in touched.items():
+            self._memo.forget(key, since)
+        return self._run(pipeline, time.perf_counter() - started)
 
     def tick(self, pipeline: PipelineStatus) -> EvaluationResult:
-        """Timer evaluation of every rule and series (absence, stalls, repeats).
+        """Timer evaluation (absence, stalls, repeats) when no rows arrive.
 
         Hot reload happens here: a changed, valid rule set is swapped in first;
         an invalid one is logged and reported, and the last good rules run.
@@ -223,7 +332,7 @@ class Engine:
             errors = update.errors
             if update.rules is not None:
                 self.replace_rules(update.rules)
-        result = self._run(pipeline, None)
+        result = self._run(pipeline)
         if not errors:
             return result
         return EvaluationResult(
@@ -234,121 +343,160 @@ class Engine:
             errors,
         )
 
+    def judge(self, pipeline: PipelineStatus) -> tuple[list[_Change], int]:
+        """Pure evaluation: judge every rule level on its series, in memory.
+
+        Returns the lifecycle changes and the number of rule level x series
+        evaluations made. Nothing is rendered, routed or persisted here.
+        """
+        now = self._clock()
+        self._track_watermark(pipeline, now)
+        judge = SeriesJudge(self._history, pipeline.watermark, self._memo)
+        changes: list[_Change] = [_Change("retired", a, None) for a in self._retired]
+        self._retired = []
+        evaluations = 0
+        for rule in self._stalled_rules:
+            changes.extend(self._judge_pipeline(rule, pipeline, now))
+            evaluations += 1
+        lag = now - pipeline.watermark
+        epochs = self._epochs
+        alerts = self._alerts
+        for rule in self._series_rules:
+            final = last_final_start(pipeline.watermark, rule.grain)
+            condition = rule.condition
+            fresh = (
+                lag <= condition.fresh_within
+                if isinstance(condition, AbsenceCondition)
+                else True
+            )
+            for key, tracks in self._tracks_of(rule):
+                epoch = (self._history.version(key), final, fresh)
+                for track in tracks:
+                    evaluations += 1
+                    if track.final_only:
+                        # The common case costs one memo lookup: no alert and
+                        # a final window that does not breach.
+                        if track.fingerprint not in alerts and (
+                            not fresh
+                            or not judge.final_verdict(rule, track.level, key).breaching
+                        ):
+                            continue
+                        change = self._judge(track, judge, fresh, alerts)
+                        if change is not None:
+                            changes.append(change)
+                        continue
+                    memo_key = (rule.name, track.level.severity, key)
+                    if epochs.get(memo_key) == epoch:
+                        continue
+                    change = self._judge(track, judge, fresh, alerts)
+                    if change is None:
+                        epochs[memo_key] = epoch
+                    else:
+                        epochs.pop(memo_key, None)
+                        changes.append(change)
+        return changes, evaluations
+
     def _run(
-        self, pipeline: PipelineStatus, touched: set[SeriesKey] | None
+        self, pipeline: PipelineStatus, ingest_seconds: float = 0.0
     ) -> EvaluationResult:
         started = time.perf_counter()
         now = self._clock()
         at = max(pipeline.latest_event_time, pipeline.watermark)
-        judge = SeriesJudge(self._history, pipeline.watermark)
-        fresh = not self._stalled(self._freshness, pipeline, now)[0]
-        changes: list[_Change] = [_Change("retired", a, None) for a in self._retired]
-        self._retired = []
-        series_count = 0
-        alerted = {(a.rule, self._series_of(a)) for a in self._alerts.values()}
-        for rule in self.rules.rules:
-            if isinstance(rule.condition, StalledCondition):
-                changes.extend(self._judge_pipeline(rule, pipeline, now))
-                series_count += 1
-                continue
-            for key in self._series_for(rule, touched, alerted):
-                series_count += 1
-                for level in rule.levels:
-                    change = self._judge(rule, level, key, judge, fresh)
-                    if change is not None:
-                        changes.append(change)
-        result = self._publish(changes, at, now, series_count)
-        horizon = pipeline.watermark
-        self._history.prune(horizon)
+        changes, evaluations = self.judge(pipeline)
+        judged = time.perf_counter() - started + ingest_seconds
+        result = self._publish(changes, at, now, evaluations, judged)
+        for key in self._history.prune(pipeline.watermark):
+            self._memo.trim(key, self._history.oldest(key))
         self.save_state()
         logger.info(
-            "rules_evaluated rules=%d series=%d transitions=%d notifications=%d "
-            "fresh=%s duration_ms=%.1f",
+            "rules_evaluated rules=%d evaluations=%d transitions=%d notifications=%d "
+            "duration_ms=%.1f",
             len(self.rules.rules),
-            series_count,
+            evaluations,
             len(result.transitions),
             len(result.notifications),
-            fresh,
             (time.perf_counter() - started) * 1000,
         )
         return result
 
-    def _series_of(self, alert: AlertState) -> str:
-        rule = self._rules_by_name.get(alert.rule)
-        if rule is None:
-            return ""
-        return alert.labels.get(rule.scope.dimension, "all")
+    def _track_watermark(self, pipeline: PipelineStatus, now: datetime) -> None:
+        meta = self._meta
+        if meta.watermark is None or pipeline.watermark > meta.watermark:
+            meta.watermark = pipeline.watermark
+            meta.watermark_advanced_at = now
 
-    def _series_for(
-        self,
-        rule: Rule,
-        touched: set[SeriesKey] | None,
-        alerted: set[tuple[str, str]],
-    ) -> list[SeriesKey]:
-        keys = [
-            key
-            for key in self._history.keys(rule.grain, rule.scope.dimension)
-            if rule.scope.admits(key[2])
-        ]
-        if touched is None or isinstance(rule.condition, AbsenceCondition):
-            return keys
-        return [k for k in keys if k in touched or (rule.name, k[2]) in alerted]
+    def _tracks_of(self, rule: Rule) -> Iterable[tuple[SeriesKey, tuple[_Track, ...]]]:
+        """The tracks of ``rule``, one per level and admitted series (cached)."""
+        if self._tracks_layout != self._history.layout:
+            for each in self._series_rules:
+                self._tracks[each.name] = {
+                    key: tuple(self._track(each, level, key) for level in each.levels)
+                    for key in self._history.keys(each.grain, each.scope.dimension)
+                    if each.scope.admits(key[2])
+                }
+            self._tracks_layout = self._history.layout
+        return self._tracks[rule.name].items()
 
+    def _track(self, rule: Rule, level: Level, key: SeriesKey) -> _Track:
+        labels, fingerprint = self._identity(rule, level.severity, key)
+        final_only = not rule.judge_open_windows
+        return _Track(
+            rule, level, key, labels, fingerprint, windows_needed(rule), final_only
+        )
+
+    @staticmethod
     def _identity(
-        self, rule: Rule, severity: str, key: SeriesKey
+        rule: Rule, severity: str, key: SeriesKey
     ) -> tuple[dict[str, str], str]:
-        cache_key = (rule.name, severity, key)
-        known = self._labels.get(cache_key)
-        if known is None:
-            labels = {**rule.labels, "alertname": rule.name, "severity": severity}
-            if rule.scope.dimension != "all":
-                labels[rule.scope.dimension] = key[2]
-            known = (labels, fingerprint_of(rule.name, labels))
-            self._labels[cache_key] = known
-        return known
+        labels = {**rule.labels, "alertname": rule.name, "severity": severity}
+        if rule.scope.dimension != "all":
+            labels[rule.scope.dimension] = key[2]
+        return labels, fingerprint_of(rule.name, labels)
 
     def _judge(
-        self, rule: Rule, level: Level, key: SeriesKey, judge: SeriesJudge, fresh: bool
+        self,
+        track: _Track,
+        judge: SeriesJudge,
+        fresh: bool,
+        alerts: dict[str, AlertState],
     ) -> _Change | None:
-        fingerprint = self._identity(rule, level.severity, key)[1]
-        alert = self._alerts.get(fingerprint)
+        rule, level, key = track.rule, track.level, track.key
+        alert = alerts.get(track.fingerprint)
         if alert is not None and alert.state == "firing":
             recovered, value = judge.recovered(rule, level, key, alert)
             alert.value = value if value is not None else alert.value
             return self._end(alert, "resolved", rule) if recovered else None
-        if isinstance(rule.condition, AbsenceCondition) and not fresh:
-            # A stalled pipeline sees no rows anywhere: hold absence verdicts
-            # (the stalled alert speaks for it) instead of paging every region.
+        if not fresh:
+            # A pipeline catching up (or stalled) has no recent windows yet:
+            # hold absence verdicts instead of paging every region.
             return None
         observation = judge.observe(rule, level, key)
         if alert is None:
-            return self._open(rule, level, key, observation)
+            return self._open(track, observation)
         if not observation.breaching:
             return self._end(alert, "dropped", rule)
         self._observe(alert, observation)
-        if observation.run_windows >= windows_needed(rule):
+        if observation.run_windows >= track.needed:
             return self._fire(alert, rule)
         return None
 
-    def _open(
-        self, rule: Rule, level: Level, key: SeriesKey, observation: Observation
-    ) -> _Change | None:
+    def _open(self, track: _Track, observation: Observation) -> _Change | None:
         """Start a pending alert (firing at once when the run is long enough)."""
         if not observation.breaching or observation.run_start is None:
             return None
-        labels, fingerprint = self._identity(rule, level.severity, key)
+        rule = track.rule
         alert = AlertState(
-            fingerprint=fingerprint,
+            fingerprint=track.fingerprint,
             rule=rule.name,
-            severity=level.severity,
-            labels=dict(labels),
+            severity=track.level.severity,
+            labels=dict(track.labels),
             state="pending",
             active_since=observation.run_start,
             rule_digest=rule.digest,
         )
-        self._alerts[fingerprint] = alert
+        self._alerts[track.fingerprint] = alert
         self._observe(alert, observation)
-        if observation.run_windows >= windows_needed(rule):
+        if observation.run_windows >= track.needed:
             return self._fire(alert, rule)
         return _Change("pending", alert, rule)
 
@@ -402,13 +550,18 @@ class Engine:
             return [self._fire(alert, rule)]
         return []
 
-    @staticmethod
     def _stalled(
-        condition: StalledCondition, pipeline: PipelineStatus, now: datetime
+        self, condition: StalledCondition, pipeline: PipelineStatus, now: datetime
     ) -> tuple[bool, datetime | None, float | None, float | None]:
-        """(stalled?, since when, how late in seconds, allowed seconds)."""
+        """(stalled?, since when, seconds without progress, allowed seconds).
+
+        Progress is a completed micro-batch or a watermark that moved forward;
+        how far the watermark is behind the wall clock does not matter (a
+        pipeline catching up on a back-log is making progress).
+        """
         batch_age = now - pipeline.last_batch_at
-        lag = now - pipeline.watermark
+        advanced_at = self._meta.watermark_advanced_at or now
+        standing = now - advanced_at
         findings = []
         if batch_age > condition.max_batch_age:
             findings.append(
@@ -418,12 +571,12 @@ class Engine:
                     condition.max_batch_age,
                 )
             )
-        if lag > condition.max_watermark_lag:
+        if standing > condition.max_watermark_stall:
             findings.append(
                 (
-                    pipeline.watermark + condition.max_watermark_lag,
-                    lag,
-                    condition.max_watermark_lag,
+                    advanced_at + condition.max_watermark_stall,
+                    standing,
+                    condition.max_watermark_stall,
                 )
             )
         if not findings:
@@ -439,7 +592,12 @@ class Engine:
     # -- publishing ----------------------------------------------------------
 
     def _publish(
-        self, changes: list[_Change], at: datetime, now: datetime, series_count: int
+        self,
+        changes: list[_Change],
+        at: datetime,
+        now: datetime,
+        series_count: int,
+        judged_seconds: float,
     ) -> EvaluationResult:
         transitions: list[Transition] = []
         notifications: list[Notification] = list(self._redeliver)
@@ -488,6 +646,7 @@ class Engine:
             tuple(notifications),
             len(self.rules.rules),
             series_count,
+            evaluation_seconds=judged_seconds,
         )
 
     @staticmethod

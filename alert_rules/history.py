@@ -40,20 +40,59 @@ class WindowHistory:
         self.retention = retention
         self.wanted = wanted
         self._series: dict[SeriesKey, dict[datetime, KpiSample]] = {}
+        self._oldest: dict[SeriesKey, datetime] = {}
+        self._by_kind: dict[tuple[str, str], dict[SeriesKey, None]] = {}
+        # Versions let callers cache what they derived from a series: a
+        # series' number changes whenever one of its windows is stored or
+        # dropped, `layout` whenever a series appears or disappears.
+        self._versions: dict[SeriesKey, int] = {}
+        self._counter = 0
+        self.layout = 0
+        # What changed since the engine last persisted (see take_changes).
+        self._stored: dict[tuple[SeriesKey, datetime], KpiSample] = {}
+        self._dropped: list[KpiSample] = []
 
-    def add(self, samples: Iterable[KpiSample]) -> set[SeriesKey]:
-        """Store ``samples`` (newer rows replace older ones); return touched keys."""
-        touched: set[SeriesKey] = set()
+    def add(self, samples: Iterable[KpiSample]) -> dict[SeriesKey, datetime]:
+        """Store ``samples`` (newer rows replace older ones).
+
+        Return the touched series, each with the start of its oldest changed
+        window (every verdict from that window on may have changed). An older
+        row, or one identical to the row held (a replay), touches nothing.
+        """
+        touched: dict[SeriesKey, datetime] = {}
+        wanted = self.wanted
         for sample in samples:
-            if (sample.grain, sample.dimension) not in self.wanted:
+            if (sample.grain, sample.dimension) not in wanted:
                 continue
             key = (sample.grain, sample.dimension, sample.dimension_value)
-            windows = self._series.setdefault(key, {})
-            known = windows.get(sample.window_start)
-            if known is None or known.updated_at <= sample.updated_at:
-                windows[sample.window_start] = sample
-                touched.add(key)
+            windows = self._series.get(key)
+            if windows is None:
+                windows = self._series[key] = {}
+                kind = (sample.grain, sample.dimension)
+                self._by_kind.setdefault(kind, {})[key] = None
+                self.layout += 1
+            start = sample.window_start
+            known = windows.get(start)
+            if known is not None and (
+                known.updated_at > sample.updated_at or known == sample
+            ):
+                continue
+            windows[start] = sample
+            self._stored[(key, start)] = sample
+            oldest = self._oldest.get(key)
+            if oldest is None or start < oldest:
+                self._oldest[key] = start
+            earliest = touched.get(key)
+            if earliest is None or start < earliest:
+                touched[key] = start
+        for key in touched:
+            self._counter += 1
+            self._versions[key] = self._counter
         return touched
+
+    def version(self, key: SeriesKey) -> int:
+        """A number that changes whenever a window of ``key`` is stored or dropped."""
+        return self._versions.get(key, 0)
 
     def window(self, key: SeriesKey, start: datetime) -> KpiSample | None:
         """The row of series ``key`` for the window starting at ``start``, if any."""
@@ -64,32 +103,61 @@ class WindowHistory:
         """All retained windows of ``key`` by start (do not mutate)."""
         return self._series.get(key, {})
 
-    def keys(self, grain: str, dimension: str) -> Iterator[SeriesKey]:
-        """Every retained series of ``grain`` and ``dimension``."""
-        for key in self._series:
-            if key[0] == grain and key[1] == dimension:
-                yield key
+    def keys(self, grain: str, dimension: str) -> Iterable[SeriesKey]:
+        """Every retained series of ``grain`` and ``dimension`` (do not mutate)."""
+        return self._by_kind.get((grain, dimension), {}).keys()
 
     def oldest(self, key: SeriesKey) -> datetime | None:
         """Start of the oldest retained window of ``key``."""
-        windows = self._series.get(key)
-        return min(windows) if windows else None
+        return self._oldest.get(key)
 
-    def prune(self, now: datetime) -> None:
-        """Forget windows older than the retention of their grain before ``now``."""
+    def prune(self, now: datetime) -> set[SeriesKey]:
+        """Forget windows older than the retention of their grain before ``now``.
+
+        Return the series that lost windows. Cost is proportional to what is
+        dropped: windows are only scanned for series whose oldest window is
+        past the horizon.
+        """
+        pruned: set[SeriesKey] = set()
         for key in list(self._series):
             keep = self.retention.get(key[0])
             windows = self._series[key]
             if keep is None or (key[0], key[1]) not in self.wanted:
-                del self._series[key]
+                self._drop(key, list(windows))
+                pruned.add(key)
                 continue
             horizon = now - keep
-            for start in [s for s in windows if s < horizon]:
-                del windows[start]
-            if not windows:
-                del self._series[key]
+            if self._oldest[key] >= horizon:
+                continue
+            self._drop(key, [s for s in windows if s < horizon])
+            pruned.add(key)
+        return pruned
+
+    def _drop(self, key: SeriesKey, starts: list[datetime]) -> None:
+        windows = self._series[key]
+        for start in starts:
+            self._dropped.append(windows.pop(start))
+            self._stored.pop((key, start), None)
+        self._counter += 1
+        self._versions[key] = self._counter
+        if windows:
+            self._oldest[key] = min(windows)
+        else:
+            del self._series[key]
+            del self._oldest[key]
+            del self._by_kind[(key[0], key[1])][key]
+            self.layout += 1
+
+    def take_changes(self) -> tuple[list[KpiSample], list[KpiSample]]:
+        """Windows stored and windows dropped since the last call (for persisting)."""
+        stored, dropped = list(self._stored.values()), self._dropped
+        self._stored, self._dropped = {}, []
+        return stored, dropped
 
     def samples(self) -> Iterator[KpiSample]:
-        """Every retained sample (for persisting the history)."""
+        """Every retained sample."""
         for windows in self._series.values():
             yield from windows.values()
+
+    def __len__(self) -> int:
+        return sum(len(windows) for windows in self._series.values())

@@ -30,6 +30,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from alert_rules.durations import parse_duration
 from alert_rules.errors import RuleFileError, RuleProblem
 from alert_rules.model import (
+    DEFAULT_FRESH_WITHIN,
     DEFAULT_REPEAT,
     SEVERITIES,
     AbsenceCondition,
@@ -52,6 +53,12 @@ from alert_rules.model import (
 )
 from alert_rules.samples import DIMENSIONS, GRAINS, KPIS, KpiKind, as_utc
 from alert_rules.templates import Template, TemplateSyntaxError, parse_template
+
+# Keys that used to exist, with what replaced them, so an old file says what to do.
+_RENAMED = {
+    "max_watermark_lag": "'max_watermark_stall' (how long the watermark may stand "
+    "still) on pipeline_stalled, and 'fresh_within' on absence rules",
+}
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _LABEL = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -100,8 +107,9 @@ _KIND_KEYS: dict[str, tuple[str, ...]] = {
         "severity",
         "expect_windows",
         "min_expected",
+        "fresh_within",
     ),
-    "pipeline_stalled": ("severity", "max_batch_age", "max_watermark_lag"),
+    "pipeline_stalled": ("severity", "max_batch_age", "max_watermark_stall"),
 }
 
 
@@ -154,6 +162,8 @@ class _Reader:
             if key not in allowed:
                 hint = difflib.get_close_matches(key, allowed, n=1)
                 suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
+                if key in _RENAMED:
+                    suggestion = f"; it was replaced by {_RENAMED[key]}"
                 self.error(entry.key, f"unknown key {key!r} in {what}{suggestion}")
 
     def required(self, entries: dict[str, _Entry], key: str, node: Node) -> Node | None:
@@ -819,23 +829,31 @@ def _read_absence(
                 entries["min_expected"].value, "'min_expected' must be above 0"
             )
         min_expected = value or 1.0
+    fresh_within = DEFAULT_FRESH_WITHIN
+    if "fresh_within" in entries:
+        value_node = entries["fresh_within"].value
+        fresh = reader.duration(value_node, "fresh_within")
+        if fresh is not None and fresh <= timedelta(0):
+            reader.error(value_node, "'fresh_within' must be longer than 0s")
+        fresh_within = fresh or DEFAULT_FRESH_WITHIN
     severity = _read_severity(reader, entries)
     level = Level(severity, 0.0, 0.0)
-    return AbsenceCondition(kpi, expect_windows, min_expected), (level,)
+    condition = AbsenceCondition(kpi, expect_windows, min_expected, fresh_within)
+    return condition, (level,)
 
 
 def _read_stalled(
     reader: _Reader, entries: dict[str, _Entry], node: Node
 ) -> tuple[Condition | None, tuple[Level, ...]]:
     ages: dict[str, timedelta] = {}
-    for key in ("max_batch_age", "max_watermark_lag"):
+    for key in ("max_batch_age", "max_watermark_stall"):
         value_node = reader.required(entries, key, node)
         value = reader.duration(value_node, key) if value_node is not None else None
         if value is not None and value <= timedelta(0):
             reader.error(value_node or node, f"{key!r} must be longer than 0s")
         ages[key] = value or timedelta(minutes=5)
     severity = _read_severity(reader, entries)
-    condition = StalledCondition(ages["max_batch_age"], ages["max_watermark_lag"])
+    condition = StalledCondition(ages["max_batch_age"], ages["max_watermark_stall"])
     return condition, (Level(severity, 0.0, 0.0),)
 
 

@@ -90,21 +90,36 @@ class AnomalyCondition:
     min_delta: float
 
 
+DEFAULT_FRESH_WITHIN = timedelta(minutes=10)
+
+
 @dataclass(frozen=True)
 class AbsenceCondition:
-    """No ``kpi`` (a count) in a series for ``hold_for``, when it is normally busy."""
+    """No ``kpi`` (a count) in a series for ``hold_for``, when it is normally busy.
+
+    The rule judges only while the pipeline is *fresh*: its watermark is within
+    ``fresh_within`` of the wall clock. A pipeline catching up on a back-log has
+    no recent windows yet, and their absence says nothing about the business.
+    """
 
     kpi: str
     expect_windows: int
     min_expected: float
+    fresh_within: timedelta = DEFAULT_FRESH_WITHIN
 
 
 @dataclass(frozen=True)
 class StalledCondition:
-    """The pipeline itself is late: no batch for a while, or the watermark lags."""
+    """The pipeline makes no progress.
+
+    Stalled means no micro-batch completed for ``max_batch_age``, or batches
+    complete but the watermark has not moved forward for ``max_watermark_stall``
+    of wall-clock time (the job runs, event time is stuck). A watermark far
+    behind the wall clock that keeps advancing is catching up, not stalled.
+    """
 
     max_batch_age: timedelta
-    max_watermark_lag: timedelta
+    max_watermark_stall: timedelta
 
 
 Condition = (

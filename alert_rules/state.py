@@ -1,18 +1,27 @@
-"""Persisting the engine state: a Delta table, or memory for unit tests.
+"""Persisting the engine state incrementally: a Delta table, or memory for tests.
 
-The state is a small document (alerts, undelivered notifications, the recent
-window history) flattened into rows ``(section, key, payload)``. Both stores go
-through the same serialization, so a unit test on the in-memory store exercises
-what production writes.
+The state is a set of rows ``(section, key, payload)``: one ``meta`` row, one
+row per pending or firing ``alert``, one per undelivered ``outbox``
+notification and one per retained ``window`` (Gold row) of the history. The
+engine hands the store only what changed since its last save
+(:class:`StateChanges`: upserted rows and deleted keys), and nothing at all
+when nothing changed.
 
-Crash safety: the Delta store overwrites the table in one commit; a reader sees
-either the previous or the new state, never a mix.
+The Delta store appends each change set as one commit (rows carry a sequence
+number; a delete is a tombstone row) and reads the state back as the newest row
+per key. When the log holds much more than the live state it is compacted: the
+live rows are rewritten in one overwrite commit. Every commit is atomic, so a
+reader sees the state after some whole save, never half of one.
+
+Both stores go through the same serialization, so a unit test on the in-memory
+store exercises what production writes.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -28,8 +37,25 @@ from alert_rules.samples import KpiSample
 
 logger = logging.getLogger(__name__)
 
-STATE_VERSION = 1
+STATE_VERSION = 2
+_READABLE_VERSIONS = (1, 2)  # version 1: whole-state overwrites, same row shape
 _DATETIME_COLUMNS = ("window_start", "window_end", "updated_at")
+
+StateKey = tuple[str, str]  # section, key
+
+
+@dataclass
+class EngineMeta:
+    """Engine facts that are not alerts or windows.
+
+    ``watermark``: the newest watermark the engine has seen.
+    ``watermark_advanced_at``: wall-clock time it last moved forward (the
+    pipeline-stalled rule measures how long it stood still).
+    """
+
+    saved_at: datetime | None = None
+    watermark: datetime | None = None
+    watermark_advanced_at: datetime | None = None
 
 
 @dataclass
@@ -39,56 +65,88 @@ class EngineSnapshot:
     alerts: list[AlertState] = field(default_factory=list)
     outbox: list[Notification] = field(default_factory=list)
     history: list[KpiSample] = field(default_factory=list)
-    saved_at: datetime | None = None
+    meta: EngineMeta = field(default_factory=EngineMeta)
 
 
-StateRow = dict[str, str]
+@dataclass(frozen=True)
+class StateChanges:
+    """What changed since the last save: rows to upsert and keys to delete."""
+
+    upserts: tuple[tuple[StateKey, str], ...] = ()
+    deletes: tuple[StateKey, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.upserts or self.deletes)
 
 
-def snapshot_to_rows(snapshot: EngineSnapshot) -> list[StateRow]:
-    """Flatten ``snapshot`` into ``section``/``key``/``payload`` string rows."""
-    saved_at = snapshot.saved_at.isoformat() if snapshot.saved_at else ""
-    meta = {"version": STATE_VERSION, "saved_at": saved_at}
-    rows = [{"section": "meta", "key": "meta", "payload": json.dumps(meta)}]
-    for alert in snapshot.alerts:
-        payload = json.dumps(alert.to_json(), sort_keys=True)
-        rows.append({"section": "alert", "key": alert.fingerprint, "payload": payload})
-    for note in snapshot.outbox:
-        payload = json.dumps(note.to_json(), sort_keys=True)
-        rows.append(
-            {"section": "outbox", "key": note.idempotency_key, "payload": payload}
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat()
+
+
+def _moment(text: Any) -> datetime | None:
+    return None if not text else datetime.fromisoformat(str(text))
+
+
+def meta_row(meta: EngineMeta) -> tuple[StateKey, str]:
+    """The ``meta`` row of ``meta``."""
+    document = {
+        "version": STATE_VERSION,
+        "saved_at": _iso(meta.saved_at) or "",
+        "watermark": _iso(meta.watermark),
+        "watermark_advanced_at": _iso(meta.watermark_advanced_at),
+    }
+    return ("meta", "meta"), json.dumps(document)
+
+
+def alert_row(alert: AlertState) -> tuple[StateKey, str]:
+    """The row of one live alert."""
+    return ("alert", alert.fingerprint), json.dumps(alert.to_json(), sort_keys=True)
+
+
+def outbox_row(note: Notification) -> tuple[StateKey, str]:
+    """The row of one undelivered notification."""
+    payload = json.dumps(note.to_json(), sort_keys=True)
+    return ("outbox", note.idempotency_key), payload
+
+
+def window_key(sample: KpiSample) -> StateKey:
+    """The key of a history window: grain|dimension|value|window start."""
+    key = "|".join(
+        (
+            sample.grain,
+            sample.dimension,
+            sample.dimension_value,
+            sample.window_start.isoformat(),
         )
-    for sample in snapshot.history:
-        document = sample.to_dict()
-        for name in _DATETIME_COLUMNS:
-            document[name] = document[name].isoformat()
-        key = "|".join(
-            (
-                sample.grain,
-                sample.dimension,
-                sample.dimension_value,
-                document["window_start"],
-            )
-        )
-        rows.append({"section": "window", "key": key, "payload": json.dumps(document)})
+    )
+    return "window", key
+
+
+def window_row(sample: KpiSample) -> tuple[StateKey, str]:
+    """The row of one history window."""
+    document = sample.to_dict()
+    for name in _DATETIME_COLUMNS:
+        document[name] = document[name].isoformat()
+    return window_key(sample), json.dumps(document)
+
+
+def snapshot_rows(snapshot: EngineSnapshot) -> list[tuple[StateKey, str]]:
+    """Every row of ``snapshot`` (what a fresh or compacted table holds)."""
+    rows = [meta_row(snapshot.meta)]
+    rows.extend(alert_row(alert) for alert in snapshot.alerts)
+    rows.extend(outbox_row(note) for note in snapshot.outbox)
+    rows.extend(window_row(sample) for sample in snapshot.history)
     return rows
 
 
-def rows_to_snapshot(rows: list[StateRow]) -> EngineSnapshot:
-    """Inverse of :func:`snapshot_to_rows`; raise StateFormatError on a bad document."""
+def rows_to_snapshot(rows: Iterable[tuple[StateKey, str]]) -> EngineSnapshot:
+    """Decode live rows; raise StateFormatError on a bad document."""
     snapshot = EngineSnapshot()
     try:
-        for row in rows:
-            payload: dict[str, Any] = json.loads(row["payload"])
-            section = row["section"]
+        for (section, _key), text in rows:
+            payload: dict[str, Any] = json.loads(text)
             if section == "meta":
-                if payload.get("version") != STATE_VERSION:
-                    raise StateFormatError(
-                        f"engine state version {payload.get('version')!r} is not "
-                        f"{STATE_VERSION}; delete the state table to start afresh"
-                    )
-                saved = payload.get("saved_at")
-                snapshot.saved_at = datetime.fromisoformat(saved) if saved else None
+                snapshot.meta = _read_meta(payload)
             elif section == "alert":
                 snapshot.alerts.append(AlertState.from_json(payload))
             elif section == "outbox":
@@ -102,42 +160,78 @@ def rows_to_snapshot(rows: list[StateRow]) -> EngineSnapshot:
     return snapshot
 
 
+def _read_meta(payload: dict[str, Any]) -> EngineMeta:
+    version = payload.get("version")
+    if version not in _READABLE_VERSIONS:
+        raise StateFormatError(
+            f"engine state version {version!r} is not one of {_READABLE_VERSIONS}; "
+            "delete the state table to start afresh"
+        )
+    return EngineMeta(
+        saved_at=_moment(payload.get("saved_at")),
+        watermark=_moment(payload.get("watermark")),
+        watermark_advanced_at=_moment(payload.get("watermark_advanced_at")),
+    )
+
+
 class StateStore(Protocol):
-    """Where the engine keeps its snapshot between runs."""
+    """Where the engine keeps its state between runs."""
 
     def load(self) -> EngineSnapshot | None:
-        """The last saved snapshot, or None when nothing was saved yet."""
+        """The saved state, or None when nothing was saved yet."""
 
-    def save(self, snapshot: EngineSnapshot) -> None:
-        """Replace the saved snapshot atomically."""
+    def save(self, changes: StateChanges) -> None:
+        """Apply ``changes`` atomically (all of them or none)."""
 
 
 class InMemoryStateStore:
     """A store for unit tests; it keeps the serialized rows, not live objects."""
 
     def __init__(self) -> None:
-        self.rows: list[StateRow] | None = None
+        self.rows: dict[StateKey, str] = {}
         self.saves = 0
 
     def load(self) -> EngineSnapshot | None:
-        """The last saved snapshot, decoded from its rows."""
-        return None if self.rows is None else rows_to_snapshot(self.rows)
+        """The saved state, decoded from its rows."""
+        return rows_to_snapshot(self.rows.items()) if self.rows else None
 
-    def save(self, snapshot: EngineSnapshot) -> None:
-        """Serialize ``snapshot`` and keep the rows."""
-        self.rows = [dict(row) for row in snapshot_to_rows(snapshot)]
+    def save(self, changes: StateChanges) -> None:
+        """Apply ``changes`` to the kept rows."""
+        for key in changes.deletes:
+            self.rows.pop(key, None)
+        self.rows.update(changes.upserts)
         self.saves += 1
+
+
+_SCHEMA = pa.schema(
+    [
+        ("section", pa.string()),
+        ("key", pa.string()),
+        ("payload", pa.string()),
+        ("seq", pa.int64()),
+        ("deleted", pa.bool_()),
+    ]
+)
 
 
 class DeltaStateStore:
     """The engine state as a small Delta table (``<data_dir>/gold/alert_state``).
 
-    Each save overwrites the table in one Delta commit; old versions remain
-    readable for forensics until vacuumed.
+    Saves append; the table is rewritten (compacted) once it holds more than
+    ``compact_factor`` times the live rows (and at least ``compact_min`` rows).
+    Old versions remain readable for forensics until vacuumed.
     """
 
-    def __init__(self, table_path: Path) -> None:
+    def __init__(
+        self, table_path: Path, *, compact_factor: int = 4, compact_min: int = 2000
+    ) -> None:
         self.table_path = table_path
+        self.compact_factor = compact_factor
+        self.compact_min = compact_min
+        self._live: dict[StateKey, str] = {}
+        self._logged_rows = 0
+        self._seq = 0
+        self._rewrite = False
 
     @classmethod
     def in_data_dir(cls, data_dir: Path) -> DeltaStateStore:
@@ -145,29 +239,88 @@ class DeltaStateStore:
         return cls(data_dir / "gold" / "alert_state")
 
     def load(self) -> EngineSnapshot | None:
-        """Read the current version; None when the table does not exist yet."""
+        """Read the newest row per key; None when the table does not exist yet."""
         try:
-            table = DeltaTable(str(self.table_path))
+            table = DeltaTable(str(self.table_path)).to_pyarrow_table()
         except TableNotFoundError:
             return None
         except OSError as failure:
             raise StateStoreError(
                 f"cannot open alert state table {self.table_path}: {failure}"
             ) from failure
-        rows = table.to_pyarrow_table().to_pylist()
-        return rows_to_snapshot([{k: str(v) for k, v in row.items()} for row in rows])
+        rows = table.to_pylist()
+        # A version-1 table has no seq/deleted columns: it was one whole state.
+        self._rewrite = "seq" not in table.column_names
+        rows.sort(key=lambda row: row.get("seq") or 0)
+        self._live = {}
+        for row in rows:
+            key = (str(row["section"]), str(row["key"]))
+            if row.get("deleted"):
+                self._live.pop(key, None)
+            else:
+                self._live[key] = str(row["payload"])
+        self._logged_rows = len(rows)
+        self._seq = max((int(row.get("seq") or 0) for row in rows), default=0)
+        return rows_to_snapshot(self._live.items()) if self._live else None
 
-    def save(self, snapshot: EngineSnapshot) -> None:
-        """Overwrite the table with ``snapshot`` in one commit."""
-        rows = snapshot_to_rows(snapshot)
-        schema = pa.schema(
-            [("section", pa.string()), ("key", pa.string()), ("payload", pa.string())]
-        )
-        table = pa.Table.from_pylist(rows, schema=schema)
+    def save(self, changes: StateChanges) -> None:
+        """Append ``changes`` as one commit (or compact the table in one commit)."""
+        if not changes:
+            return
+        for key in changes.deletes:
+            self._live.pop(key, None)
+        self._live.update(changes.upserts)
+        self._seq += 1
+        appended = len(changes.upserts) + len(changes.deletes)
+        threshold = max(self.compact_min, self.compact_factor * len(self._live))
+        if self._rewrite or self._logged_rows + appended > threshold:
+            self._write(self._rows(self._live.items(), ()), "overwrite")
+            self._logged_rows = len(self._live)
+            self._rewrite = False
+            logger.info(
+                "alert_state_compacted path=%s rows=%d",
+                self.table_path,
+                len(self._live),
+            )
+            return
+        self._write(self._rows(changes.upserts, changes.deletes), "append")
+        self._logged_rows += appended
+
+    def _rows(
+        self, upserts: Iterable[tuple[StateKey, str]], deletes: Iterable[StateKey]
+    ) -> pa.Table:
+        sections, keys, payloads, deleted = [], [], [], []
+        for (section, key), payload in upserts:
+            sections.append(section)
+            keys.append(key)
+            payloads.append(payload)
+            deleted.append(False)
+        for section, key in deletes:
+            sections.append(section)
+            keys.append(key)
+            payloads.append("")
+            deleted.append(True)
+        seq = [self._seq] * len(sections)
+        return pa.table([sections, keys, payloads, seq, deleted], schema=_SCHEMA)
+
+    def _write(self, table: pa.Table, mode: str) -> None:
         try:
-            write_deltalake(str(self.table_path), table, mode="overwrite")
+            if mode == "overwrite":
+                write_deltalake(
+                    str(self.table_path),
+                    table,
+                    mode="overwrite",
+                    schema_mode="overwrite",
+                )
+            else:
+                write_deltalake(str(self.table_path), table, mode="append")
         except OSError as failure:
             raise StateStoreError(
                 f"cannot write alert state table {self.table_path}: {failure}"
             ) from failure
-        logger.debug("alert_state_saved path=%s rows=%d", self.table_path, len(rows))
+        logger.debug(
+            "alert_state_saved path=%s mode=%s rows=%d",
+            self.table_path,
+            mode,
+            table.num_rows,
+        )

@@ -334,7 +334,7 @@ rules:
   - name: Stalled
     kind: pipeline_stalled
     max_batch_age: 3m
-    max_watermark_lag: 6m
+    max_watermark_stall: 6m
     labels: {category: pipeline}
     annotations: {summary: "stalled {{ value | int }}s"}
 """
