@@ -95,3 +95,34 @@ def status(minute: int, *, batch_minute: int | None = None) -> PipelineStatus:
     return PipelineStatus(
         watermark=moment, latest_event_time=moment, last_batch_at=batch
     )
+
+
+def generated_gold(config: Any, until: datetime) -> list[KpiSample]:
+    """Generated traffic up to ``until`` as final Gold rows.
+
+    ``config`` is a ``streaming.generator.TrafficConfig``; the KPIs come from the
+    plain-Python reference computation (tests/support/kpi_reference.py), so the
+    quality checks depend on neither Spark nor the streaming job's Gold code.
+    """
+    from streaming.generator import OrderTrafficGenerator
+    from tests.support.kpi_reference import reference_kpis
+
+    messages = OrderTrafficGenerator(config).advance(until)
+    events = [m.event for m in messages if m.event is not None]
+    rows = []
+    for (grain, start, dimension, value), kpis in reference_kpis(events).items():
+        end = start + GRAINS[grain]
+        if start < config.start or end > until:
+            continue
+        record: dict[str, Any] = dict(kpis)
+        record.update(
+            window_start=start,
+            window_end=end,
+            grain=grain,
+            dimension=dimension,
+            dimension_value=value,
+            is_final=True,
+            updated_at=end,
+        )
+        rows.append(KpiSample.from_dict(record))
+    return rows
