@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from streaming import logs
 
 ENV_LOG_LEVEL = "ORDERPULSE_LOG_LEVEL"
 ENV_LOG_FORMAT = "ORDERPULSE_LOG_FORMAT"
+BENCHMARKS = ("pipeline", "rules", "exporters", "kafka")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,6 +56,16 @@ def build_parser() -> argparse.ArgumentParser:
     from exporters.cli import register as register_exporters
     from streaming.produce import register as register_produce
 
+    bench_parser = verbs.add_parser(
+        "bench",
+        help="run a benchmark and print its figures",
+        description="Benchmarks live in bench/ of a source checkout; each prints its "
+        "figures. Extra arguments go to the benchmark.",
+    )
+    bench_parser.add_argument("name", choices=BENCHMARKS, help="which benchmark")
+    bench_parser.add_argument("args", nargs=argparse.REMAINDER, help="its options")
+    bench_parser.set_defaults(func=_bench)
+
     register_produce(verbs)
     register_rules(verbs)
     register_exporters(verbs)
@@ -85,6 +98,15 @@ def _run(args: argparse.Namespace) -> int:
     print("Starting Spark (local mode)...", flush=True)
     spark = build_spark_session()
     return run(options, spark)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "bench" / f"bench_{args.name}.py").exists():
+        print(f"orderpulse bench: no bench/ folder under {root}", file=sys.stderr)
+        return 2
+    command = [sys.executable, "-m", f"bench.bench_{args.name}", *args.args]
+    return subprocess.call(command, cwd=root)  # noqa: S603 - fixed module name
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -282,7 +282,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         metavar="SECONDS",
-        help="stop after this many seconds (default: run until Ctrl-C)",
+        help="stop after this many seconds; without it, run until Ctrl-C",
     )
     parser.add_argument(
         "--source",
