@@ -42,6 +42,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
+from exporters.config import Secret
+
 log = logging.getLogger(__name__)
 
 EVENTHUBS_KAFKA_PORT: Final = 9093
@@ -93,33 +95,6 @@ class KafkaSettingsError(KafkaIngestError, ValueError):
     """
 
     retryable = False
-
-
-class Secret:
-    """A string that must not be shown: ``repr`` and ``str`` hide it.
-
-    Call :meth:`reveal` at the single place where the value has to leave the process
-    (the Kafka client configuration).
-    """
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('***')"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
 
 
 @dataclass(frozen=True)

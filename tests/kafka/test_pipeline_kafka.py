@@ -11,7 +11,6 @@ One scenario, shared by the tests of this module (each micro-batch costs seconds
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -30,7 +29,7 @@ from streaming.produce import KafkaTransport, ProduceLimits, produce
 from streaming.sources import kafka_stream
 from streaming.tables import TableLayout
 from tests.kafka.conftest import broker
-from tests.support.kpi_reference import reference_kpis
+from tests.support.kpi_reference import kpi_mismatches, reference_kpis
 from tests.support.traffic import gold_by_key
 
 if TYPE_CHECKING:
@@ -248,13 +247,7 @@ def test_gold_equals_an_independent_computation(
     gold = gold_by_key(spark, scenario.layout)
 
     assert set(gold) == set(expected)
-    mismatches = [
-        (key, name, gold[key][name], value)
-        for key, kpis in expected.items()
-        for name, value in kpis.items()
-        if not _close(gold[key][name], value)
-    ]
-    assert mismatches == []
+    assert kpi_mismatches(gold, expected) == []
 
 
 def test_odd_messages_are_quarantined_with_their_reasons(
@@ -311,11 +304,3 @@ def _event_from(template: Any, payload: bytes) -> Any:
     from dataclasses import replace
 
     return replace(template, event_id=json.loads(payload)["event_id"])
-
-
-def _close(actual: Any, expected: Any) -> bool:
-    if expected is None or actual is None:
-        return actual is expected
-    if isinstance(expected, float):
-        return math.isclose(actual, expected, rel_tol=1e-9, abs_tol=1e-6)
-    return bool(actual == expected)

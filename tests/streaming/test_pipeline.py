@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import shutil
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -16,7 +15,7 @@ from streaming.generator import GeneratedMessage, TrafficConfig
 from streaming.pipeline import OrderPipeline
 from streaming.sources import landing_stream
 from streaming.tables import KPI_COLUMNS, TableLayout
-from tests.support.kpi_reference import reference_kpis
+from tests.support.kpi_reference import kpi_mismatches, reference_kpis
 from tests.support.traffic import drain, gold_by_key, land_traffic
 
 if TYPE_CHECKING:
@@ -52,26 +51,12 @@ def run(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Run:
     return Run(layout, sent, pipeline)
 
 
-def _close(actual: Any, expected: Any) -> bool:
-    if expected is None or actual is None:
-        return actual is expected
-    if isinstance(expected, float):
-        return math.isclose(actual, expected, rel_tol=1e-9, abs_tol=1e-6)
-    return bool(actual == expected)
-
-
 def test_gold_equals_an_independent_computation(spark: SparkSession, run: Run) -> None:
     expected = reference_kpis(m.event for m in run.sent if m.event is not None)
     gold = gold_by_key(spark, run.layout)
 
     assert set(gold) == set(expected)
-    mismatches = [
-        (key, name, gold[key][name], value)
-        for key, kpis in expected.items()
-        for name, value in kpis.items()
-        if not _close(gold[key][name], value)
-    ]
-    assert mismatches == []
+    assert kpi_mismatches(gold, expected) == []
     # Latency percentiles really were exercised, not all None.
     assert sum(1 for kpis in gold.values() if kpis["approval_latency_p95_s"]) > 100
 

@@ -109,3 +109,27 @@ def _kpis(bucket: _Bucket) -> dict[str, Any]:
         "distinct_customers": len(bucket.customers),
         "late_events": 0,
     }
+
+
+def kpi_mismatches(
+    gold: dict[Any, dict[str, Any]], expected: dict[KpiKey, dict[str, Any]]
+) -> list[tuple[Any, str, Any, Any]]:
+    """(key, KPI, Gold value, expected value) for every KPI that differs.
+
+    Floats are compared to 1e-9 relative / 1e-6 absolute: sums are added in another
+    order, and percentiles are exact in both computations.
+    """
+    return [
+        (key, name, gold[key][name], value)
+        for key, kpis in expected.items()
+        for name, value in kpis.items()
+        if not _close(gold[key][name], value)
+    ]
+
+
+def _close(actual: Any, expected: Any) -> bool:
+    if expected is None or actual is None:
+        return actual is expected
+    if isinstance(expected, float):
+        return math.isclose(actual, expected, rel_tol=1e-9, abs_tol=1e-6)
+    return bool(actual == expected)
