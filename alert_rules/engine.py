@@ -148,6 +148,10 @@ class Engine:
         self._retired: list[AlertState] = []
         self._meta = EngineMeta()
         self._persisted: dict[StateKey, str] = {}
+        self._persisted_progress: tuple[datetime | None, datetime | None] = (
+            None,
+            None,
+        )
         self._memo = VerdictMemo()
         self._epochs: dict[tuple[str, str, SeriesKey], _Epoch] = {}
         self._tracks: dict[str, dict[SeriesKey, tuple[_Track, ...]]] = {}
@@ -239,7 +243,10 @@ class Engine:
         self._tracks_layout = -1
         # What was just read is what is stored: only later changes are written.
         self._persisted = dict(self._small_rows())
-        self._persisted[meta_row(self._meta)[0]] = meta_row(self._meta)[1]
+        self._persisted_progress = (
+            self._meta.watermark,
+            self._meta.watermark_advanced_at,
+        )
         stored, _dropped = self._history.take_changes()
         logger.info(
             "alert_state_restored alerts=%d undelivered=%d windows=%d",
@@ -267,26 +274,22 @@ class Engine:
             for key, payload in rows.items()
             if self._persisted.get(key) != payload
         ]
-        deletes = [
-            key for key in self._persisted if key not in rows and key[0] != "meta"
-        ]
+        deletes = [key for key in self._persisted if key not in rows]
         stored, dropped = self._history.take_changes()
         upserts.extend(window_row(sample) for sample in stored)
         deletes.extend(window_key(sample) for sample in dropped)
-        meta_key, meta_payload = meta_row(self._meta)
-        if (
-            not upserts
-            and not deletes
-            and self._persisted.get(meta_key) == meta_payload
-        ):
+        progress = (self._meta.watermark, self._meta.watermark_advanced_at)
+        if not upserts and not deletes and progress == self._persisted_progress:
             return
         self._meta.saved_at = self._clock()
         upserts.append(meta_row(self._meta))
         self._store.save(StateChanges(tuple(upserts), tuple(deletes)))
         for key in deletes:
             self._persisted.pop(key, None)
-        self._persisted.update((k, v) for k, v in upserts if k[0] != "window")
-        self._persisted[meta_key] = meta_payload
+        self._persisted.update(
+            (key, payload) for key, payload in upserts if key[0] in ("alert", "outbox")
+        )
+        self._persisted_progress = progress
 
     def acknowledge(self, keys: Iterable[str]) -> None:
         """Mark notifications delivered by idempotency key, and persist that."""

@@ -479,3 +479,74 @@ def test_anomaly_fires_on_a_spike_with_enough_volume(tmp_path: Path) -> None:
 
     assert [(n.rule, n.kind) for n in spike.notifications] == [("Spike", "firing")]
     assert spike.notifications[0].annotations["summary"] == "40 cancels, usual 10.42"
+
+
+CATCH_UP = (
+    FAILURES
+    + """
+  - name: Silent
+    kind: absence
+    grain: 1m
+    split_by: region
+    for: 3m
+    expect_windows: 10
+    min_expected: 5
+    fresh_within: 10m
+    labels: {category: data}
+    annotations: {summary: "no orders from {{ labels.region }}"}
+  - name: Stalled
+    kind: pipeline_stalled
+    max_batch_age: 3m
+    max_watermark_stall: 6m
+    labels: {category: pipeline}
+    annotations: {summary: "stalled {{ value | int }}s"}
+"""
+)
+
+
+def test_a_pipeline_catching_up_still_pages_on_its_data(tmp_path: Path) -> None:
+    # A back-log: wall clock 25 to 55 minutes ahead of event time, batches
+    # complete every minute and the watermark advances five minutes a batch.
+    clock = FakeClock()
+    engine = Engine(rules_from(tmp_path, CATCH_UP), InMemoryStateStore(), clock)
+    notes = []
+    for batch, minute in enumerate(range(5, 40, 5)):
+        clock.now = T0 + timedelta(minutes=60 + batch)
+        rows = [pay(minute - 5, failed=50 if minute > 10 else 2)]
+        rows += [
+            region(minute - 5 + m, "RJ", 0 if minute > 20 else 8) for m in range(5)
+        ]
+        status_now = status(minute, batch_minute=60 + batch)
+        notes += engine.evaluate(rows, status_now).notifications
+
+    assert [(n.rule, n.kind, n.severity) for n in notes] == [
+        ("Failures", "firing", "critical")
+    ]  # no PipelineStalled, and no absence while the watermark is far behind
+
+
+def test_watermark_standing_still_while_batches_complete_is_a_stall(
+    tmp_path: Path,
+) -> None:
+    clock = FakeClock()
+    engine = Engine(rules_from(tmp_path, CATCH_UP), InMemoryStateStore(), clock)
+    notes = []
+    for minute in range(1, 12):  # batches keep coming, event time stuck at 1
+        clock.now = T0 + timedelta(minutes=minute)
+        notes += engine.evaluate([], status(1, batch_minute=minute)).notifications
+
+    assert [(n.rule, n.kind) for n in notes] == [("Stalled", "firing")]
+    assert notes[0].starts_at == T0 + timedelta(minutes=8)
+
+
+def test_nothing_is_written_when_nothing_changed(failures: RuleSet) -> None:
+    store = InMemoryStateStore()
+    clock = FakeClock()
+    engine = Engine(failures, store, clock)
+    step(engine, clock, 5, pay(0, failed=2))
+    saves = store.saves
+
+    engine.tick(status(5))
+    engine.tick(status(5))
+    engine.acknowledge([])
+
+    assert store.saves == saves
