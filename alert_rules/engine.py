@@ -37,6 +37,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import numpy as np
+import numpy.typing as npt
+
 from alert_rules.alerts import (
     AlertState,
     AlertStateName,
@@ -46,6 +49,12 @@ from alert_rules.alerts import (
     Transition,
     fingerprint_of,
     stable_id,
+)
+from alert_rules.columns import (
+    Ints,
+    SeriesColumns,
+    breach_candidates,
+    vectorised,
 )
 from alert_rules.conditions import (
     Observation,
@@ -112,6 +121,19 @@ class _Track:
     final_only: bool
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """One rule's tracks, series by series, and where its series sit in the arrays.
+
+    ``rows`` is None for a rule judged exactly on every series (see
+    :func:`alert_rules.columns.vectorised`).
+    """
+
+    tracks: tuple[tuple[_Track, ...], ...]
+    rows: Ints | None
+    triggers: npt.NDArray[np.float64]
+
+
 class Engine:
     """Evaluates a :class:`RuleSet` and keeps alert state in a :class:`StateStore`.
 
@@ -154,10 +176,14 @@ class Engine:
         )
         self._memo = VerdictMemo()
         self._epochs: dict[tuple[str, str, SeriesKey], _Epoch] = {}
-        self._tracks: dict[str, dict[SeriesKey, tuple[_Track, ...]]] = {}
+        self._plans: dict[str, _Plan] = {}
+        self._placement: dict[str, tuple[str, int, int]] = {}
         self._tracks_layout = -1
         self.rules = rules
         self._history = WindowHistory({}, set())
+        self._columns = SeriesColumns([])
+        self.last_ingest_seconds = 0.0
+        self.last_judge_seconds = 0.0
         self._configure(rules)
         self.restore()
 
@@ -185,7 +211,9 @@ class Engine:
         ]
         self._history.retention = retention
         self._history.wanted = wanted
-        self._tracks = {rule.name: {} for rule in self._series_rules}
+        self._columns = SeriesColumns(self._series_rules)
+        self._columns.add(list(self._history.samples()))
+        self._plans = {}
         self._tracks_layout = -1
         self._epochs.clear()
         self._memo.clear()
@@ -235,7 +263,9 @@ class Engine:
                 self._retired.append(alert)
             else:
                 self._alerts[alert.fingerprint] = alert
-        self._history.add(snapshot.history)
+        accepted: list[KpiSample] = []
+        self._history.add(snapshot.history, accepted)
+        self._columns.add(accepted)
         self._redeliver = list(snapshot.outbox)
         self._meta = snapshot.meta
         self._memo.clear()
@@ -318,7 +348,9 @@ class Engine:
         class docstring for the restart contract).
         """
         started = time.perf_counter()
-        touched = self._history.add(samples)
+        accepted: list[KpiSample] = []
+        touched = self._history.add(samples, accepted)
+        self._columns.add(accepted)
         for key, since in touched.items():
             self._memo.forget(key, since)
         return self._run(pipeline, time.perf_counter() - started)
@@ -362,8 +394,7 @@ class Engine:
             changes.extend(self._judge_pipeline(rule, pipeline, now))
             evaluations += 1
         lag = now - pipeline.watermark
-        epochs = self._epochs
-        alerts = self._alerts
+        live = self._live()
         for rule in self._series_rules:
             final = last_final_start(pipeline.watermark, rule.grain)
             condition = rule.condition
@@ -372,31 +403,14 @@ class Engine:
                 if isinstance(condition, AbsenceCondition)
                 else True
             )
-            for key, tracks in self._tracks_of(rule):
-                epoch = (self._history.version(key), final, fresh)
-                for track in tracks:
-                    evaluations += 1
-                    if track.final_only:
-                        # The common case costs one memo lookup: no alert and
-                        # a final window that does not breach.
-                        if track.fingerprint not in alerts and (
-                            not fresh
-                            or not judge.final_verdict(rule, track.level, key).breaching
-                        ):
-                            continue
-                        change = self._judge(track, judge, fresh, alerts)
-                        if change is not None:
-                            changes.append(change)
-                        continue
-                    memo_key = (rule.name, track.level.severity, key)
-                    if epochs.get(memo_key) == epoch:
-                        continue
-                    change = self._judge(track, judge, fresh, alerts)
-                    if change is None:
-                        epochs[memo_key] = epoch
-                    else:
-                        epochs.pop(memo_key, None)
-                        changes.append(change)
+            plan = self._plan(rule)
+            evaluations += len(plan.tracks) * len(rule.levels)
+            for series, level in self._suspects(rule, plan, final, fresh, live):
+                track = plan.tracks[series][level]
+                epoch = (self._history.version(track.key), final, fresh)
+                change = self._judge_track(track, judge, fresh, epoch)
+                if change is not None:
+                    changes.append(change)
         return changes, evaluations
 
     def _run(
@@ -406,10 +420,14 @@ class Engine:
         now = self._clock()
         at = max(pipeline.latest_event_time, pipeline.watermark)
         changes, evaluations = self.judge(pipeline)
-        judged = time.perf_counter() - started + ingest_seconds
+        self.last_judge_seconds = time.perf_counter() - started
+        self.last_ingest_seconds = ingest_seconds
+        judged = self.last_judge_seconds + ingest_seconds
         result = self._publish(changes, at, now, evaluations, judged)
         for key in self._history.prune(pipeline.watermark):
-            self._memo.trim(key, self._history.oldest(key))
+            oldest = self._history.oldest(key)
+            self._memo.trim(key, oldest)
+            self._columns.set_oldest((key[0], key[1]), key[2], oldest)
         self.save_state()
         logger.info(
             "rules_evaluated rules=%d evaluations=%d transitions=%d notifications=%d "
@@ -422,23 +440,111 @@ class Engine:
         )
         return result
 
+    def _suspects(
+        self,
+        rule: Rule,
+        plan: _Plan,
+        final: datetime,
+        fresh: bool,
+        live: dict[str, set[tuple[int, int]]],
+    ) -> list[tuple[int, int]]:
+        """The (series, level) pairs of ``rule`` the exact judge must see.
+
+        Those with a live (pending or firing) alert, and those the columnar
+        pre-judging cannot clear; every pair of a rule judged exactly.
+        """
+        alive = live.get(rule.name, set())
+        if plan.rows is None:
+            return [
+                (series, level)
+                for series in range(len(plan.tracks))
+                for level in range(len(rule.levels))
+            ]
+        if not fresh or not plan.tracks:
+            return sorted(alive)
+        columns = self._columns.kinds[(rule.grain, rule.scope.dimension)]
+        view = columns.view(self._columns.final_index(rule, final))
+        flags = breach_candidates(rule, view, plan.rows, plan.triggers)
+        levels, series = np.nonzero(flags)
+        if not len(series) and not alive:
+            return []
+        picked = alive.union(zip(series.tolist(), levels.tolist(), strict=True))
+        return sorted(picked)
+
+    def _judge_track(
+        self, track: _Track, judge: SeriesJudge, fresh: bool, epoch: _Epoch
+    ) -> _Change | None:
+        """Exact judging of one rule level on one series (see conditions)."""
+        alerts = self._alerts
+        rule = track.rule
+        if track.final_only:
+            # No alert and a final window that does not breach: nothing to do
+            # (one memo lookup).
+            if track.fingerprint not in alerts and (
+                not fresh
+                or not judge.final_verdict(rule, track.level, track.key).breaching
+            ):
+                return None
+            return self._judge(track, judge, fresh, alerts)
+        memo_key = (rule.name, track.level.severity, track.key)
+        if self._epochs.get(memo_key) == epoch:
+            return None
+        change = self._judge(track, judge, fresh, alerts)
+        if change is None:
+            self._epochs[memo_key] = epoch
+        else:
+            self._epochs.pop(memo_key, None)
+        return change
+
+    def _live(self) -> dict[str, set[tuple[int, int]]]:
+        """Series and level of every live alert, by rule."""
+        self._refresh_plans()
+        live: dict[str, set[tuple[int, int]]] = {}
+        for fingerprint in self._alerts:
+            placed = self._placement.get(fingerprint)
+            if placed is not None:
+                rule, series, level = placed
+                live.setdefault(rule, set()).add((series, level))
+        return live
+
     def _track_watermark(self, pipeline: PipelineStatus, now: datetime) -> None:
         meta = self._meta
         if meta.watermark is None or pipeline.watermark > meta.watermark:
             meta.watermark = pipeline.watermark
             meta.watermark_advanced_at = now
 
-    def _tracks_of(self, rule: Rule) -> Iterable[tuple[SeriesKey, tuple[_Track, ...]]]:
-        """The tracks of ``rule``, one per level and admitted series (cached)."""
-        if self._tracks_layout != self._history.layout:
-            for each in self._series_rules:
-                self._tracks[each.name] = {
-                    key: tuple(self._track(each, level, key) for level in each.levels)
-                    for key in self._history.keys(each.grain, each.scope.dimension)
-                    if each.scope.admits(key[2])
-                }
-            self._tracks_layout = self._history.layout
-        return self._tracks[rule.name].items()
+    def _plan(self, rule: Rule) -> _Plan:
+        self._refresh_plans()
+        return self._plans[rule.name]
+
+    def _refresh_plans(self) -> None:
+        """Rebuild the plans when series appeared or disappeared."""
+        if self._tracks_layout == self._history.layout and self._plans:
+            return
+        self._plans = {}
+        self._placement = {}
+        for rule in self._series_rules:
+            keys = [
+                key
+                for key in self._history.keys(rule.grain, rule.scope.dimension)
+                if rule.scope.admits(key[2])
+            ]
+            tracks = tuple(
+                tuple(self._track(rule, level, key) for level in rule.levels)
+                for key in keys
+            )
+            rows: Ints | None = None
+            if vectorised(rule):
+                columns = self._columns.kinds[(rule.grain, rule.scope.dimension)]
+                rows = np.array([columns.slot(key[2]) for key in keys], dtype=np.int64)
+            triggers = np.array(
+                [level.trigger for level in rule.levels], dtype=np.float64
+            )
+            self._plans[rule.name] = _Plan(tracks, rows, triggers)
+            for series, per_level in enumerate(tracks):
+                for level, track in enumerate(per_level):
+                    self._placement[track.fingerprint] = (rule.name, series, level)
+        self._tracks_layout = self._history.layout
 
     def _track(self, rule: Rule, level: Level, key: SeriesKey) -> _Track:
         labels, fingerprint = self._identity(rule, level.severity, key)

@@ -52,12 +52,17 @@ class WindowHistory:
         self._stored: dict[tuple[SeriesKey, datetime], KpiSample] = {}
         self._dropped: list[KpiSample] = []
 
-    def add(self, samples: Iterable[KpiSample]) -> dict[SeriesKey, datetime]:
+    def add(
+        self,
+        samples: Iterable[KpiSample],
+        accepted: list[KpiSample] | None = None,
+    ) -> dict[SeriesKey, datetime]:
         """Store ``samples`` (newer rows replace older ones).
 
         Return the touched series, each with the start of its oldest changed
         window (every verdict from that window on may have changed). An older
         row, or one identical to the row held (a replay), touches nothing.
+        The rows stored are appended to ``accepted`` when given, in order.
         """
         touched: dict[SeriesKey, datetime] = {}
         wanted = self.wanted
@@ -79,6 +84,8 @@ class WindowHistory:
                 continue
             windows[start] = sample
             self._stored[(key, start)] = sample
+            if accepted is not None:
+                accepted.append(sample)
             oldest = self._oldest.get(key)
             if oldest is None or start < oldest:
                 self._oldest[key] = start
