@@ -129,7 +129,8 @@ class KindColumns:
         self._allocate(8)
 
     def _allocate(self, capacity: int) -> None:
-        used = min(len(self.slots), capacity // 2)
+        # Growing doubles the capacity: every old row is copied.
+        used = capacity // 2 if len(self.slots) else 0
         starts = np.full((capacity, self.size), _NONE, dtype=np.int64)
         values = np.zeros((len(self.kpis), capacity, self.size), dtype=np.float64)
         newest = np.full(capacity, _NONE, dtype=np.int64)
