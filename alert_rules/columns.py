@@ -2,27 +2,31 @@
 
 The engine judges a rule level on every series it watches at every call. Most
 of those verdicts are "not breaching, no alert": nothing to do. This module
-finds them for all series of a rule at once, with a few array operations, so
-the exact per-series judging in :mod:`alert_rules.conditions` runs only on the
-series that may breach or that have a live alert.
+finds them for every rule level on every series of a grain at once, with a
+fixed handful of array operations per rule kind (threshold, trailing change,
+absence), so the exact per-series judging in :mod:`alert_rules.conditions`
+runs only on the (level, series) pairs that may breach or that have a live
+alert.
 
-The pre-judging is *conservative*: it may flag a series that turns out not to
+The pre-judging is *conservative*: it may flag a pair that turns out not to
 breach (the exact judge then decides), but it never clears one that breaches.
 Comparisons therefore allow a small tolerance, so floating-point differences
 between array and scalar arithmetic (summation order, for instance) can only
-send a borderline series to the exact judge. That keeps the semantics of
+send a borderline pair to the exact judge. That keeps the semantics of
 :mod:`alert_rules.conditions` exactly, whatever the data.
 
-Storage: per (grain, dimension), a ring of ``size`` windows per series
-(position = window index modulo ``size``), holding the KPIs the rules read. A
-ring entry is valid for the range ``[final - back, final + AHEAD]`` of the
-current call; a series with a window newer than that range (far-future event
-time) is always sent to the exact judge.
+Storage: per grain, one ring of ``size`` windows per series of any dimension
+(position = window index modulo ``size``), holding the KPIs the rules of that
+grain read. A ring entry is valid for the range ``[final + AHEAD - size + 1,
+final + AHEAD]`` of the current call and only while the history still holds
+its window (pruned windows are wiped from the ring); a series with a window
+newer than that range (far-future event time) is always sent to the exact
+judge.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import numpy as np
@@ -45,7 +49,7 @@ Flags = npt.NDArray[np.bool_]
 # (open windows); later windows send the series to the exact judge.
 AHEAD = 3
 _NONE = np.iinfo(np.int64).min // 4  # an empty ring entry
-_NEVER = np.iinfo(np.int64).max // 4  # oldest window of a series with none
+_NEVER = np.iinfo(np.int64).max // 4  # newest window of a series judged exactly
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _RELATIVE_TOLERANCE = 1e-9
 
@@ -71,66 +75,43 @@ def vectorised(rule: Rule) -> bool:
 
 
 def reads(rule: Rule) -> tuple[tuple[str, ...], int]:
-    """The KPIs a pre-judged rule reads and how many windows before the final one."""
+    """The KPIs a pre-judged rule reads and how many windows before the final one.
+
+    An absence rule reads twice its expected-volume span: a silence run up to
+    ``expect_windows`` long still has its whole reference span in the ring.
+    """
     condition = rule.condition
     if isinstance(condition, ThresholdCondition):
         return (condition.kpi, condition.volume_kpi), 0
     if isinstance(condition, ChangeCondition):
         return (condition.kpi,), condition.trailing_windows
     if isinstance(condition, AbsenceCondition):
-        return (condition.kpi,), 0
+        return (condition.kpi,), 2 * condition.expect_windows
     return (), 0
 
 
-@dataclass
-class View:
-    """One kind's arrays at one call: KPI values of the readable windows.
+class GrainRing:
+    """The ring of one grain: every watched series of every dimension of it."""
 
-    ``values[k, slot, position]`` is KPI ``k`` of the window at ``position``
-    (missing windows read as :func:`missing_value`); ``present`` says which
-    windows have a row; ``beyond`` flags series with windows past the range.
-    """
-
-    final: int
-    size: int
-    kpis: dict[str, int]
-    values: Floats
-    present: Flags
-    beyond: Flags
-    oldest: Ints
-    # The newest window of any series (bounds the open windows worth reading).
-    top: int
-
-    def position(self, window: int) -> int:
-        """Ring position of window index ``window``."""
-        return window % self.size
-
-
-@dataclass
-class KindColumns:
-    """The ring of one (grain, dimension): every watched series of it."""
-
-    step_seconds: int
-    kpis: tuple[str, ...]
-    size: int
-    slots: dict[str, int] = field(default_factory=dict)
-    starts: Ints = field(init=False)
-    values: Floats = field(init=False)
-    newest: Ints = field(init=False)
-    oldest: Ints = field(init=False)
-    fill: Floats = field(init=False)
-    kpi_index: dict[str, int] = field(init=False)
-    _view: View | None = field(init=False, default=None)
-    _view_final: int | None = field(init=False, default=None)
-
-    def __post_init__(self) -> None:
-        self.kpi_index = {kpi: k for k, kpi in enumerate(self.kpis)}
-        self.fill = np.array([missing_value(k) for k in self.kpis], dtype=np.float64)
+    def __init__(self, step_seconds: int, kpis: tuple[str, ...], size: int) -> None:
+        self.step_seconds = step_seconds
+        self.kpis = kpis
+        self.size = size
+        self.kpi_index = {kpi: k for k, kpi in enumerate(kpis)}
+        self.fill = np.array([missing_value(k) for k in kpis], dtype=np.float64)
+        self.slots: dict[tuple[str, str], int] = {}
+        # An upper bound of every series' newest window (skips the far-future
+        # check when nothing can be past the readable range).
+        self.top = _NONE
+        self.starts: Ints = np.empty((0, size), dtype=np.int64)
+        self.values: Floats = np.empty((len(kpis), 0, size), dtype=np.float64)
+        self.newest: Ints = np.empty(0, dtype=np.int64)
+        self.oldest: Ints = np.empty(0, dtype=np.int64)
         self._allocate(8)
 
     def _allocate(self, capacity: int) -> None:
         # Growing doubles the capacity: every old row is copied.
-        used = capacity // 2 if len(self.slots) else 0
+        used = len(self.slots)
         starts = np.full((capacity, self.size), _NONE, dtype=np.int64)
         values = np.zeros((len(self.kpis), capacity, self.size), dtype=np.float64)
         newest = np.full(capacity, _NONE, dtype=np.int64)
@@ -143,19 +124,19 @@ class KindColumns:
         self.starts, self.values = starts, values
         self.newest, self.oldest = newest, oldest
 
-    def slot(self, value: str) -> int:
-        """The array row of series ``value`` (a new one the first time)."""
-        found = self.slots.get(value)
+    def slot(self, dimension: str, value: str) -> int:
+        """The array row of series ``dimension=value`` (a new one the first time)."""
+        found = self.slots.get((dimension, value))
         if found is not None:
             return found
-        found = self.slots[value] = len(self.slots)
+        found = len(self.slots)
         if found >= self.newest.shape[0]:
             self._allocate(self.newest.shape[0] * 2)
+        self.slots[(dimension, value)] = found
         return found
 
     def write(self, rows: dict[tuple[int, int], tuple[float, ...]]) -> None:
         """Store rows by (slot, window index); older windows never replace newer."""
-        self._view_final = None
         keys = np.array(list(rows), dtype=np.int64).reshape(-1, 2)
         slots, windows = keys[:, 0], keys[:, 1]
         positions = windows % self.size
@@ -166,62 +147,50 @@ class KindColumns:
         self.values[:, kept_slots, kept_positions] = table[newer].T
         np.maximum.at(self.newest, slots, windows)
         np.minimum.at(self.oldest, slots, windows)
+        self.top = max(self.top, int(windows.max()))
 
-    def set_oldest(self, value: str, oldest: int | None) -> None:
-        """Mirror the history's oldest window of a series (None: it is gone)."""
-        found = self.slots.get(value)
-        if found is None:
-            return
-        self._view_final = None
+    def judge_exactly(self, slot: int) -> None:
+        """Send series ``slot`` to the exact judge from now on."""
+        self.newest[slot] = _NEVER
+        self.top = _NEVER
+
+    def set_oldest(self, slot: int, oldest: int | None) -> None:
+        """Mirror the history's oldest window of a series (None: it is gone).
+
+        Ring entries of windows the history dropped are wiped, so an entry is
+        valid exactly when its window index matches.
+        """
         if oldest is None:
-            self.starts[found] = _NONE
-            self.newest[found] = _NONE
-            self.oldest[found] = _NEVER
-        else:
-            self.oldest[found] = oldest
-
-    def view(self, final: int) -> View:
-        """The readable windows for a call whose newest final window is ``final``."""
-        if self._view is not None and self._view_final == final:
-            return self._view
-        used = len(self.slots)
-        low = final + AHEAD - self.size + 1
-        expected = low + (np.arange(self.size, dtype=np.int64) - low) % self.size
-        starts = self.starts[:used]
-        oldest = self.oldest[:used]
-        present = (starts == expected) & (expected >= oldest[:, None])
-        values = np.where(
-            present[None], self.values[:, :used], self.fill[:, None, None]
-        )
-        beyond = self.newest[:used] > final + AHEAD
-        top = int(self.newest[:used].max()) if used else final
-        self._view = View(
-            final, self.size, self.kpi_index, values, present, beyond, oldest, top
-        )
-        self._view_final = final
-        return self._view
+            self.starts[slot] = _NONE
+            self.newest[slot] = _NONE
+            self.oldest[slot] = _NEVER
+            return
+        row = self.starts[slot]
+        row[row < oldest] = _NONE
+        self.oldest[slot] = oldest
 
 
 class SeriesColumns:
-    """The rings of every (grain, dimension) some pre-judged rule reads."""
+    """The rings of every grain some pre-judged rule reads."""
 
-    def __init__(self, rules: list[Rule]) -> None:
-        wanted: dict[tuple[str, str], dict[str, None]] = {}
-        back: dict[tuple[str, str], int] = {}
+    def __init__(self, rules: Sequence[Rule]) -> None:
+        wanted: dict[str, dict[str, None]] = {}
+        back: dict[str, int] = {}
+        self.dimensions: set[tuple[str, str]] = set()
         for rule in rules:
             if not vectorised(rule):
                 continue
-            kind = (rule.grain, rule.scope.dimension)
             kpis, windows = reads(rule)
-            wanted.setdefault(kind, {}).update(dict.fromkeys(kpis, None))
-            back[kind] = max(back.get(kind, 0), windows)
-        self.kinds: dict[tuple[str, str], KindColumns] = {}
-        for kind, names in wanted.items():
+            wanted.setdefault(rule.grain, {}).update(dict.fromkeys(kpis, None))
+            back[rule.grain] = max(back.get(rule.grain, 0), windows)
+            self.dimensions.add((rule.grain, rule.scope.dimension))
+        self.rings: dict[str, GrainRing] = {}
+        for grain, names in wanted.items():
             size = 16
-            while size < back[kind] + AHEAD + 1:
+            while size < back[grain] + AHEAD + 1:
                 size *= 2
-            step = int(GRAINS[kind[0]].total_seconds())
-            self.kinds[kind] = KindColumns(step, tuple(names), size)
+            step = int(GRAINS[grain].total_seconds())
+            self.rings[grain] = GrainRing(step, tuple(names), size)
         self._indices: dict[tuple[datetime, int], int | None] = {}
 
     def index(self, start: datetime, step_seconds: int) -> int | None:
@@ -237,127 +206,315 @@ class SeriesColumns:
         self._indices[(start, step_seconds)] = found
         return found
 
+    def slot(self, grain: str, dimension: str, value: str) -> int:
+        """The array row of a series in its grain's ring."""
+        return self.rings[grain].slot(dimension, value)
+
     def add(self, samples: list[KpiSample]) -> None:
         """Store the rows the history accepted (in the order it accepted them)."""
-        batches: dict[tuple[str, str], dict[tuple[int, int], tuple[float, ...]]] = {}
+        batches: dict[str, dict[tuple[int, int], tuple[float, ...]]] = {}
+        dimensions = self.dimensions
         for sample in samples:
-            columns = self.kinds.get((sample.grain, sample.dimension))
-            if columns is None:
+            grain = sample.grain
+            if (grain, sample.dimension) not in dimensions:
                 continue
-            slot = columns.slot(sample.dimension_value)
-            window = self.index(sample.window_start, columns.step_seconds)
+            ring = self.rings[grain]
+            slot = ring.slot(sample.dimension, sample.dimension_value)
+            window = self.index(sample.window_start, ring.step_seconds)
             if window is None:
                 # An unaligned window cannot be placed in the ring: judge the
                 # series exactly from now on.
-                columns.newest[slot] = _NEVER
+                ring.judge_exactly(slot)
                 continue
             row = tuple(
-                np.nan if (v := sample.kpi(kpi)) is None else v for kpi in columns.kpis
+                np.nan if (v := sample.kpi(kpi)) is None else v for kpi in ring.kpis
             )
-            rows = batches.setdefault((sample.grain, sample.dimension), {})
-            rows[(slot, window)] = row
-        for kind, rows in batches.items():
-            self.kinds[kind].write(rows)
+            batches.setdefault(grain, {})[(slot, window)] = row
+        for grain, rows in batches.items():
+            self.rings[grain].write(rows)
 
     def set_oldest(
         self, kind: tuple[str, str], value: str, oldest: datetime | None
     ) -> None:
         """Mirror the history after pruning (``oldest`` None: the series is gone)."""
-        columns = self.kinds.get(kind)
-        if columns is None:
+        grain, dimension = kind
+        ring = self.rings.get(grain)
+        if ring is None or kind not in self.dimensions:
             return
-        index = None if oldest is None else self.index(oldest, columns.step_seconds)
+        slot = ring.slots.get((dimension, value))
+        if slot is None:
+            return
+        index = None if oldest is None else self.index(oldest, ring.step_seconds)
         if oldest is not None and index is None:
-            columns.newest[columns.slot(value)] = _NEVER
+            ring.judge_exactly(slot)
             return
-        columns.set_oldest(value, index)
-
-    def final_index(self, rule: Rule, final: datetime) -> int:
-        """Window index of ``final`` (a window boundary by construction)."""
-        step = int(GRAINS[rule.grain].total_seconds())
-        return int((final - _EPOCH).total_seconds()) // step
+        ring.set_oldest(slot, index)
 
 
-def breach_candidates(rule: Rule, view: View, rows: Ints, triggers: Floats) -> Flags:
-    """Which (level, series) may breach: ``[levels, series]`` flags.
+def final_index(grain: str, final: datetime) -> int:
+    """Window index of ``final`` (a window boundary by construction)."""
+    step = int(GRAINS[grain].total_seconds())
+    return int((final - _EPOCH).total_seconds()) // step
 
-    ``rows`` are the array rows of the rule's series (in the rule's order),
-    ``triggers`` the level triggers. False means the exact judge would find no
-    breach at this call; True means it must be asked.
+
+# (rule name, series position, level position) of one pre-judged pair.
+Owner = tuple[str, int, int]
+_FAR = np.int64(1) << 40  # an age no window has
+
+
+class _Group:
+    """Every (rule level, series) pair of one rule kind on one grain.
+
+    The pairs are laid out flat, so one pass of array operations judges them
+    all whatever the number of rules; ``owners[i]`` names pair ``i``.
     """
+
+    def __init__(self, ring: GrainRing, pairs: list[tuple[Rule, int, int, int]]):
+        self.ring = ring
+        self.owners: list[Owner] = [(r.name, s, lv) for r, s, lv, _ in pairs]
+        self.rows = np.array([row for *_, row in pairs], dtype=np.int64)
+
+    def flags(self, frame: _Frame) -> Flags:
+        raise NotImplementedError
+
+
+class _Frame:
+    """One grain's ring read at one call: the final window and those after it."""
+
+    def __init__(self, ring: GrainRing, final: int) -> None:
+        used = len(ring.slots)
+        self.ring = ring
+        self.final = final
+        windows = final + np.arange(AHEAD + 1, dtype=np.int64)
+        positions = windows % ring.size
+        # Whether each series has a row for window final + j, and its KPIs.
+        self.ahead_ok: Flags = ring.starts[:used][:, positions] == windows
+        self.ahead: Floats = ring.values[:, :used][:, :, positions]
+        self.beyond: Flags | None = None
+        if ring.top > final + AHEAD:
+            self.beyond = ring.newest[:used] > final + AHEAD
+
+
+class _Thresholds(_Group):
+    """Threshold levels: any readable candidate window over the level."""
+
+    def __init__(self, ring: GrainRing, pairs: list[tuple[Rule, int, int, int]]):
+        super().__init__(ring, pairs)
+        kpi, volume, limit, sign, floor, columns, always = [], [], [], [], [], [], []
+        for rule, _series, level, _row in pairs:
+            condition = rule.condition
+            assert isinstance(condition, ThresholdCondition)
+            trigger = rule.levels[level].trigger
+            above = condition.direction is Direction.ABOVE
+            # sign * value > sign * trigger - slack, for either direction.
+            side = 1.0 if above else -1.0
+            kpi.append(ring.kpi_index[condition.kpi])
+            volume.append(ring.kpi_index[condition.volume_kpi])
+            sign.append(side)
+            limit.append(side * trigger - tolerance(trigger))
+            floor.append(condition.min_volume - tolerance(condition.min_volume))
+            # Open windows are candidates only for rules that judge them.
+            columns.append([True] + [rule.judge_open_windows] * AHEAD)
+            # A missing window reads as volume 0: with no volume guard it may
+            # still be judged, so such pairs always go to the exact judge.
+            always.append(condition.min_volume <= tolerance(condition.min_volume))
+        self.kpi = np.array(kpi, dtype=np.int64)
+        self.volume = np.array(volume, dtype=np.int64)
+        self.sign = np.array(sign, dtype=np.float64)[:, None]
+        self.limit = np.array(limit, dtype=np.float64)[:, None]
+        self.floor = np.array(floor, dtype=np.float64)[:, None]
+        self.columns = np.array(columns, dtype=np.bool_)
+        self.always = np.array(always, dtype=np.bool_)
+        self.any_always = bool(self.always.any())
+
+    def flags(self, frame: _Frame) -> Flags:
+        rows = self.rows
+        readable = frame.ahead_ok[rows] & self.columns
+        value = frame.ahead[self.kpi, rows]
+        volume = frame.ahead[self.volume, rows]
+        hit = readable & (value * self.sign > self.limit) & ~(volume < self.floor)
+        found: Flags = np.asarray(hit.any(axis=1))
+        if self.any_always:
+            found |= self.always
+        return found
+
+
+class _Changes(_Group):
+    """Trailing-mean change levels judged on the final window."""
+
+    def __init__(self, ring: GrainRing, pairs: list[tuple[Rule, int, int, int]]):
+        super().__init__(ring, pairs)
+        self.back = max(_trailing(rule) for rule, *_ in pairs)
+        kpi, trailing, floor, base, sign, limit, fill, padding = (
+            [], [], [], [], [], [], [], []
+        )  # fmt: skip
+        for rule, _series, level, _row in pairs:
+            condition = rule.condition
+            assert isinstance(condition, ChangeCondition)
+            trigger = rule.levels[level].trigger
+            side = -1.0 if condition.direction is Direction.BELOW else 1.0
+            kpi.append(ring.kpi_index[condition.kpi])
+            windows = condition.trailing_windows
+            trailing.append(windows)
+            slack = tolerance(condition.min_baseline)
+            floor.append(condition.min_baseline - slack)
+            base.append(slack)
+            sign.append(side)
+            limit.append(side * trigger - tolerance(trigger))
+            missing = missing_value(condition.kpi)
+            fill.append(missing)
+            # Windows before the rule's own trailing span read as "no value".
+            padding.append([np.nan] * (self.back - windows) + [missing] * windows)
+        self.kpi = np.array(kpi, dtype=np.int64)
+        self.trailing = np.array(trailing, dtype=np.int64)
+        self.floor = np.array(floor, dtype=np.float64)
+        self.base = np.array(base, dtype=np.float64)
+        self.sign = np.array(sign, dtype=np.float64)
+        self.limit = np.array(limit, dtype=np.float64)
+        self.fill = np.array(fill, dtype=np.float64)
+        self.padding = np.array(padding, dtype=np.float64).reshape(len(pairs), -1)
+        self.span = np.array(
+            [[j >= self.back - n for j in range(self.back)] for n in trailing],
+            dtype=np.bool_,
+        ).reshape(len(pairs), -1)
+
+    def flags(self, frame: _Frame) -> Flags:
+        ring, rows, final = self.ring, self.rows, frame.final
+        windows = final - self.back + np.arange(self.back, dtype=np.int64)
+        positions = windows % ring.size
+        readable = (ring.starts[rows[:, None], positions] == windows) & self.span
+        raw = ring.values[self.kpi[:, None], rows[:, None], positions]
+        before = np.where(readable, raw, self.padding)
+        known = ~np.isnan(before)
+        counted = known.sum(axis=1)
+        enough = (counted * 2 >= self.trailing) & (
+            ring.oldest[rows] <= final - self.trailing
+        )
+        value = np.where(
+            frame.ahead_ok[rows, 0], frame.ahead[self.kpi, rows, 0], self.fill
+        )
+        with np.errstate(invalid="ignore", divide="ignore"):
+            reference = np.where(known, before, 0.0).sum(axis=1) / counted
+            judged = enough & (reference >= self.floor)
+            tiny = judged & (reference <= self.base)
+            change = (value - reference) / reference
+        found: Flags = (judged & (change * self.sign >= self.limit)) | tiny
+        return found
+
+
+class _Absences(_Group):
+    """Absence levels: a silent final window in a normally busy series.
+
+    Exact rule: the silent run ending at the final window starts after the
+    newest non-silent window, and the ``expect_windows`` before the run must
+    average ``min_expected``. When a non-silent window is at most ``depth -
+    expect_windows`` windows old (depth = windows readable before the final
+    one), that reference span lies inside the ring, and its sum is at most
+    the sum of the positive values of every readable window: when even that
+    is below the minimum, the pair cannot breach.
+    """
+
+    def __init__(self, ring: GrainRing, pairs: list[tuple[Rule, int, int, int]]):
+        super().__init__(ring, pairs)
+        depth = ring.size - AHEAD - 1
+        kpi, recent, limit = [], [], []
+        for rule, *_ in pairs:
+            condition = rule.condition
+            assert isinstance(condition, AbsenceCondition)
+            kpi.append(ring.kpi_index[condition.kpi])
+            recent.append(depth - condition.expect_windows)
+            needed = condition.expect_windows * condition.min_expected
+            limit.append(needed - tolerance(needed))
+        self.kpi = np.array(kpi, dtype=np.int64)
+        self.recent = np.array(recent, dtype=np.int64)
+        self.limit = np.array(limit, dtype=np.float64)
+        self._final: int | None = None
+        self._windows = np.zeros(ring.size, dtype=np.int64)
+        self._ages = np.zeros(ring.size, dtype=np.int64)
+        self._readable = np.zeros(ring.size, dtype=np.float64)
+
+    def _layout(self, final: int) -> None:
+        # The window at each ring position, its age, and whether it is at or
+        # before the final one; the same for every call of one final window.
+        if self._final == final:
+            return
+        size = self.ring.size
+        low = final + AHEAD - size + 1
+        self._windows = low + (np.arange(size, dtype=np.int64) - low) % size
+        self._ages = final - self._windows
+        self._readable = (self._ages >= 0).astype(np.float64)
+        self._final = final
+
+    def flags(self, frame: _Frame) -> Flags:
+        self._layout(frame.final)
+        ring, rows = self.ring, self.rows
+        present = ring.starts[rows] == self._windows
+        values = ring.values[self.kpi, rows]
+        # A window is silent when it is missing, zero or has no value (NaN).
+        busy = present & (values != 0.0) & ~np.isnan(values)
+        silent = ~busy[:, frame.final % ring.size]
+        newest_busy = np.where(busy & (self._ages >= 0), self._ages, _FAR).min(axis=1)
+        mass = np.where(present & (values > 0.0), values, 0.0) @ self._readable
+        quiet = (newest_busy <= self.recent) & (mass < self.limit)
+        found: Flags = silent & ~quiet
+        return found
+
+
+def _trailing(rule: Rule) -> int:
     condition = rule.condition
-    if isinstance(condition, ThresholdCondition):
-        flags = _threshold(rule, condition, view, rows, triggers)
-    elif isinstance(condition, ChangeCondition):
-        flags = _change(condition, view, rows, triggers)
-    elif isinstance(condition, AbsenceCondition):
-        position = view.position(view.final)
-        value = view.values[view.kpis[condition.kpi], rows, position]
-        silent = (value == 0.0) | ~view.present[rows, position]
-        flags = np.broadcast_to(silent, (len(triggers), len(rows)))
-    else:
-        flags = np.ones((len(triggers), len(rows)), dtype=np.bool_)
-    return flags | view.beyond[rows]
+    assert isinstance(condition, ChangeCondition)
+    return condition.trailing_windows
 
 
-def _slack(triggers: Floats) -> Floats:
-    return (_RELATIVE_TOLERANCE * (1.0 + np.abs(triggers)))[:, None]
+class PreJudge:
+    """Columnar pre-judging of every pre-judged rule level on every series.
 
+    Built once per layout (rules and series); :meth:`run` judges them all for
+    one call. ``plans`` gives, per rule, the ring rows of its series in the
+    order the engine holds them.
+    """
 
-def _threshold(
-    rule: Rule,
-    condition: ThresholdCondition,
-    view: View,
-    rows: Ints,
-    triggers: Floats,
-) -> Flags:
-    # The candidate is the final window or an open one whose volume guard
-    # passes: when none of those breaches, the candidate does not either.
-    last = view.final
-    if rule.judge_open_windows:
-        last = max(view.final, min(view.final + AHEAD, view.top))
-    values = view.values[view.kpis[condition.kpi]]
-    volumes = view.values[view.kpis[condition.volume_kpi]]
-    floor = condition.min_volume - tolerance(condition.min_volume)
-    if condition.direction is Direction.ABOVE:
-        limits = (triggers[:, None] - _slack(triggers))[:, :, None]
-    else:
-        limits = (triggers[:, None] + _slack(triggers))[:, :, None]
-    cells = rows[:, None], _positions(view, view.final, last)
-    value = values[cells][None]
-    guarded = ~(volumes[cells] < floor)[None]
-    if condition.direction is Direction.ABOVE:
-        breach = value > limits
-    else:
-        breach = value < limits
-    flags: Flags = (breach & guarded).any(axis=2)
-    return flags
+    def __init__(
+        self, columns: SeriesColumns, plans: Sequence[tuple[Rule, Sequence[int]]]
+    ) -> None:
+        grouped: dict[tuple[str, type[_Group]], list[tuple[Rule, int, int, int]]] = {}
+        for rule, rows in plans:
+            if not vectorised(rule):
+                continue
+            condition = rule.condition
+            kind: type[_Group]
+            if isinstance(condition, ThresholdCondition):
+                kind = _Thresholds
+            elif isinstance(condition, ChangeCondition):
+                kind = _Changes
+            else:
+                kind = _Absences
+            pairs = grouped.setdefault((rule.grain, kind), [])
+            for series, row in enumerate(rows):
+                pairs.extend(
+                    (rule, series, level, row) for level in range(len(rule.levels))
+                )
+        self.groups: list[tuple[str, _Group]] = [
+            (grain, kind(columns.rings[grain], pairs))
+            for (grain, kind), pairs in grouped.items()
+            if pairs
+        ]
 
+    def run(self, finals: dict[str, int]) -> dict[str, list[tuple[int, int]]]:
+        """(series, level) pairs that may breach, by rule; absent rules: none.
 
-def _positions(view: View, first: int, last: int) -> Ints:
-    """Ring positions of windows ``first`` to ``last`` (inclusive), as a row."""
-    return np.arange(first, last + 1, dtype=np.int64)[None, :] % view.size
-
-
-def _change(
-    condition: ChangeCondition, view: View, rows: Ints, triggers: Floats
-) -> Flags:
-    final = view.final
-    trailing = condition.trailing_windows
-    values = view.values[view.kpis[condition.kpi]]
-    value = values[rows, view.position(final)]
-    before = values[rows[:, None], _positions(view, final - trailing, final - 1)]
-    counted = (~np.isnan(before)).sum(axis=1)
-    enough = (counted * 2 >= trailing) & (view.oldest[rows] <= final - trailing)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        reference = np.nansum(before, axis=1) / counted
-        base = tolerance(condition.min_baseline)
-        judged = enough & (reference >= condition.min_baseline - base)
-        tiny = judged & (reference <= base)
-        change = (value - reference) / reference
-    if condition.direction is Direction.BELOW:
-        breach = change[None, :] <= (triggers[:, None] + _slack(triggers))
-    else:
-        breach = change[None, :] >= (triggers[:, None] - _slack(triggers))
-    flags: Flags = (breach & judged[None, :]) | tiny[None, :]
-    return flags
+        ``finals`` holds the newest final window index of each grain.
+        """
+        found: dict[str, list[tuple[int, int]]] = {}
+        frames: dict[str, _Frame] = {}
+        for grain, group in self.groups:
+            frame = frames.get(grain)
+            if frame is None:
+                frame = frames[grain] = _Frame(group.ring, finals[grain])
+            flags = group.flags(frame)
+            if frame.beyond is not None:
+                flags = flags | frame.beyond[group.rows]
+            for pair in np.flatnonzero(flags).tolist():
+                rule, series, level = group.owners[pair]
+                found.setdefault(rule, []).append((series, level))
+        return found

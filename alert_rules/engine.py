@@ -37,9 +37,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-import numpy as np
-import numpy.typing as npt
-
 from alert_rules.alerts import (
     AlertState,
     AlertStateName,
@@ -51,9 +48,9 @@ from alert_rules.alerts import (
     stable_id,
 )
 from alert_rules.columns import (
-    Ints,
+    PreJudge,
     SeriesColumns,
-    breach_candidates,
+    final_index,
     vectorised,
 )
 from alert_rules.conditions import (
@@ -125,13 +122,12 @@ class _Track:
 class _Plan:
     """One rule's tracks, series by series, and where its series sit in the arrays.
 
-    ``rows`` is None for a rule judged exactly on every series (see
+    ``vectorised`` is False for a rule judged exactly on every series (see
     :func:`alert_rules.columns.vectorised`).
     """
 
     tracks: tuple[tuple[_Track, ...], ...]
-    rows: Ints | None
-    triggers: npt.NDArray[np.float64]
+    vectorised: bool
 
 
 class Engine:
@@ -182,6 +178,9 @@ class Engine:
         self.rules = rules
         self._history = WindowHistory({}, set())
         self._columns = SeriesColumns([])
+        self._prejudge = PreJudge(self._columns, [])
+        self._finals: tuple[datetime, dict[str, tuple[datetime, int]]] | None = None
+        self._identities: dict[tuple[str, str], tuple[dict[str, str], str]] = {}
         self.last_ingest_seconds = 0.0
         self.last_judge_seconds = 0.0
         self._configure(rules)
@@ -215,6 +214,7 @@ class Engine:
         self._columns.add(list(self._history.samples()))
         self._plans = {}
         self._tracks_layout = -1
+        self._identities.clear()
         self._epochs.clear()
         self._memo.clear()
 
@@ -395,17 +395,20 @@ class Engine:
             evaluations += 1
         lag = now - pipeline.watermark
         live = self._live()
+        finals = self._final_windows(pipeline.watermark)
+        flagged = self._prejudge.run({g: index for g, (_, index) in finals.items()})
         for rule in self._series_rules:
-            final = last_final_start(pipeline.watermark, rule.grain)
+            final = finals[rule.grain][0]
             condition = rule.condition
             fresh = (
                 lag <= condition.fresh_within
                 if isinstance(condition, AbsenceCondition)
                 else True
             )
-            plan = self._plan(rule)
+            plan = self._plans[rule.name]
             evaluations += len(plan.tracks) * len(rule.levels)
-            for series, level in self._suspects(rule, plan, final, fresh, live):
+            suspects = self._suspects(rule, plan, fresh, live, flagged)
+            for series, level in suspects:
                 track = plan.tracks[series][level]
                 epoch = (self._history.version(track.key), final, fresh)
                 change = self._judge_track(track, judge, fresh, epoch)
@@ -444,32 +447,41 @@ class Engine:
         self,
         rule: Rule,
         plan: _Plan,
-        final: datetime,
         fresh: bool,
         live: dict[str, set[tuple[int, int]]],
+        flagged: dict[str, list[tuple[int, int]]],
     ) -> list[tuple[int, int]]:
         """The (series, level) pairs of ``rule`` the exact judge must see.
 
         Those with a live (pending or firing) alert, and those the columnar
-        pre-judging cannot clear; every pair of a rule judged exactly.
+        pre-judging (``flagged``) cannot clear; every pair of a rule judged
+        exactly.
         """
-        alive = live.get(rule.name, set())
-        if plan.rows is None:
+        alive = live.get(rule.name)
+        if not plan.vectorised:
             return [
                 (series, level)
                 for series in range(len(plan.tracks))
                 for level in range(len(rule.levels))
             ]
-        if not fresh or not plan.tracks:
-            return sorted(alive)
-        columns = self._columns.kinds[(rule.grain, rule.scope.dimension)]
-        view = columns.view(self._columns.final_index(rule, final))
-        flags = breach_candidates(rule, view, plan.rows, plan.triggers)
-        levels, series = np.nonzero(flags)
-        if not len(series) and not alive:
-            return []
-        picked = alive.union(zip(series.tolist(), levels.tolist(), strict=True))
-        return sorted(picked)
+        found = flagged.get(rule.name) if fresh else None
+        if found is None:
+            return sorted(alive) if alive else []
+        if alive:
+            return sorted(alive.union(found))
+        return sorted(found)
+
+    def _final_windows(self, watermark: datetime) -> dict[str, tuple[datetime, int]]:
+        """Newest final window start and index of every grain, at ``watermark``."""
+        if self._finals is not None and self._finals[0] == watermark:
+            return self._finals[1]
+        finals: dict[str, tuple[datetime, int]] = {}
+        for rule in self._series_rules:
+            if rule.grain not in finals:
+                final = last_final_start(watermark, rule.grain)
+                finals[rule.grain] = (final, final_index(rule.grain, final))
+        self._finals = (watermark, finals)
+        return finals
 
     def _judge_track(
         self, track: _Track, judge: SeriesJudge, fresh: bool, epoch: _Epoch
@@ -513,16 +525,13 @@ class Engine:
             meta.watermark = pipeline.watermark
             meta.watermark_advanced_at = now
 
-    def _plan(self, rule: Rule) -> _Plan:
-        self._refresh_plans()
-        return self._plans[rule.name]
-
     def _refresh_plans(self) -> None:
         """Rebuild the plans when series appeared or disappeared."""
         if self._tracks_layout == self._history.layout and self._plans:
             return
         self._plans = {}
         self._placement = {}
+        prejudged: list[tuple[Rule, list[int]]] = []
         for rule in self._series_rules:
             keys = [
                 key
@@ -533,17 +542,17 @@ class Engine:
                 tuple(self._track(rule, level, key) for level in rule.levels)
                 for key in keys
             )
-            rows: Ints | None = None
             if vectorised(rule):
-                columns = self._columns.kinds[(rule.grain, rule.scope.dimension)]
-                rows = np.array([columns.slot(key[2]) for key in keys], dtype=np.int64)
-            triggers = np.array(
-                [level.trigger for level in rule.levels], dtype=np.float64
-            )
-            self._plans[rule.name] = _Plan(tracks, rows, triggers)
+                dimension = rule.scope.dimension
+                rows = [
+                    self._columns.slot(rule.grain, dimension, key[2]) for key in keys
+                ]
+                prejudged.append((rule, rows))
+            self._plans[rule.name] = _Plan(tracks, vectorised(rule))
             for series, per_level in enumerate(tracks):
                 for level, track in enumerate(per_level):
                     self._placement[track.fingerprint] = (rule.name, series, level)
+        self._prejudge = PreJudge(self._columns, prejudged)
         self._tracks_layout = self._history.layout
 
     def _track(self, rule: Rule, level: Level, key: SeriesKey) -> _Track:
@@ -630,7 +639,11 @@ class Engine:
         condition = rule.condition
         assert isinstance(condition, StalledCondition)
         level = rule.levels[0]
-        labels, fingerprint = self._identity(rule, level.severity, _PIPELINE_KEY)
+        identity = self._identities.get((rule.name, level.severity))
+        if identity is None:
+            identity = self._identity(rule, level.severity, _PIPELINE_KEY)
+            self._identities[(rule.name, level.severity)] = identity
+        labels, fingerprint = identity
         stalled, since, value, threshold = self._stalled(condition, pipeline, now)
         alert = self._alerts.get(fingerprint)
         if alert is None:
