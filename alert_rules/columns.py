@@ -279,20 +279,30 @@ class _Group:
 
 
 class _Frame:
-    """One grain's ring read at one call: the final window and those after it."""
+    """One grain's ring read at one call: the final window and those after it.
+
+    The arrays are read on first use: a grain whose groups never need them
+    does not pay for them.
+    """
 
     def __init__(self, ring: GrainRing, final: int) -> None:
-        used = len(ring.slots)
         self.ring = ring
         self.final = final
-        windows = final + np.arange(AHEAD + 1, dtype=np.int64)
-        positions = windows % ring.size
-        # Whether each series has a row for window final + j, and its KPIs.
-        self.ahead_ok: Flags = ring.starts[:used][:, positions] == windows
-        self.ahead: Floats = ring.values[:, :used][:, :, positions]
+        self._ahead: tuple[Flags, Floats] | None = None
         self.beyond: Flags | None = None
         if ring.top > final + AHEAD:
-            self.beyond = ring.newest[:used] > final + AHEAD
+            self.beyond = ring.newest[: len(ring.slots)] > final + AHEAD
+
+    @property
+    def ahead(self) -> tuple[Flags, Floats]:
+        """Whether each series has a row for window final + j, and its KPIs."""
+        if self._ahead is None:
+            ring, used = self.ring, len(self.ring.slots)
+            windows = self.final + np.arange(AHEAD + 1, dtype=np.int64)
+            positions = windows % ring.size
+            present = ring.starts[:used][:, positions] == windows
+            self._ahead = present, ring.values[:, :used][:, :, positions]
+        return self._ahead
 
 
 class _Thresholds(_Group):
@@ -329,9 +339,10 @@ class _Thresholds(_Group):
 
     def flags(self, frame: _Frame) -> Flags:
         rows = self.rows
-        readable = frame.ahead_ok[rows] & self.columns
-        value = frame.ahead[self.kpi, rows]
-        volume = frame.ahead[self.volume, rows]
+        present, ahead = frame.ahead
+        readable = present[rows] & self.columns
+        value = ahead[self.kpi, rows]
+        volume = ahead[self.volume, rows]
         hit = readable & (value * self.sign > self.limit) & ~(volume < self.floor)
         found: Flags = np.asarray(hit.any(axis=1))
         if self.any_always:
@@ -364,7 +375,7 @@ class _Changes(_Group):
             missing = missing_value(condition.kpi)
             fill.append(missing)
             # Windows before the rule's own trailing span read as "no value".
-            padding.append([np.nan] * (self.back - windows) + [missing] * windows)
+            padding.append([np.nan] * (self.back - windows) + [missing] * (windows + 1))
         self.kpi = np.array(kpi, dtype=np.int64)
         self.trailing = np.array(trailing, dtype=np.int64)
         self.floor = np.array(floor, dtype=np.float64)
@@ -372,32 +383,43 @@ class _Changes(_Group):
         self.sign = np.array(sign, dtype=np.float64)
         self.limit = np.array(limit, dtype=np.float64)
         self.fill = np.array(fill, dtype=np.float64)
+        # The block read per call: the trailing span, then the final window.
         self.padding = np.array(padding, dtype=np.float64).reshape(len(pairs), -1)
         self.span = np.array(
-            [[j >= self.back - n for j in range(self.back)] for n in trailing],
+            [[j >= self.back - n for j in range(self.back + 1)] for n in trailing],
             dtype=np.bool_,
         ).reshape(len(pairs), -1)
+        self.cells = self.kpi[:, None], self.rows[:, None]
+        self._final: int | None = None
+        self._windows = np.zeros(self.back + 1, dtype=np.int64)
+        self._positions = np.zeros(self.back + 1, dtype=np.int64)
+        self._horizon = np.zeros(len(pairs), dtype=np.int64)
 
     def flags(self, frame: _Frame) -> Flags:
         ring, rows, final = self.ring, self.rows, frame.final
-        windows = final - self.back + np.arange(self.back, dtype=np.int64)
-        positions = windows % ring.size
-        readable = (ring.starts[rows[:, None], positions] == windows) & self.span
-        raw = ring.values[self.kpi[:, None], rows[:, None], positions]
-        before = np.where(readable, raw, self.padding)
+        if self._final != final:
+            self._windows = final - self.back + np.arange(self.back + 1, dtype=np.int64)
+            self._positions = self._windows % ring.size
+            self._horizon = final - self.trailing
+            self._final = final
+        kpi, series = self.cells
+        readable = (ring.starts[series, self._positions] == self._windows) & self.span
+        raw = ring.values[kpi, series, self._positions]
+        block = np.where(readable, raw, self.padding)
+        before, value = block[:, :-1], block[:, -1]
         known = ~np.isnan(before)
         counted = known.sum(axis=1)
-        enough = (counted * 2 >= self.trailing) & (
-            ring.oldest[rows] <= final - self.trailing
+        enough = (counted * 2 >= self.trailing) & (ring.oldest[rows] <= self._horizon)
+        reference = np.where(known, before, 0.0).sum(axis=1) / np.maximum(counted, 1)
+        judged = enough & (reference >= self.floor)
+        tiny = judged & (reference <= self.base)
+        # Divide only where the reference is clearly positive.
+        change = np.divide(
+            value - reference,
+            reference,
+            out=np.zeros_like(reference),
+            where=judged & ~tiny,
         )
-        value = np.where(
-            frame.ahead_ok[rows, 0], frame.ahead[self.kpi, rows, 0], self.fill
-        )
-        with np.errstate(invalid="ignore", divide="ignore"):
-            reference = np.where(known, before, 0.0).sum(axis=1) / counted
-            judged = enough & (reference >= self.floor)
-            tiny = judged & (reference <= self.base)
-            change = (value - reference) / reference
         found: Flags = (judged & (change * self.sign >= self.limit)) | tiny
         return found
 
@@ -429,35 +451,45 @@ class _Absences(_Group):
         self.recent = np.array(recent, dtype=np.int64)
         self.limit = np.array(limit, dtype=np.float64)
         self._final: int | None = None
+        self._position = 0
         self._windows = np.zeros(ring.size, dtype=np.int64)
         self._ages = np.zeros(ring.size, dtype=np.int64)
         self._readable = np.zeros(ring.size, dtype=np.float64)
 
     def _layout(self, final: int) -> None:
-        # The window at each ring position, its age, and whether it is at or
-        # before the final one; the same for every call of one final window.
+        # The window at each ring position, its age (far for windows after the
+        # final one), and which positions are at or before the final window;
+        # the same for every call of one final window.
         if self._final == final:
             return
         size = self.ring.size
         low = final + AHEAD - size + 1
         self._windows = low + (np.arange(size, dtype=np.int64) - low) % size
-        self._ages = final - self._windows
-        self._readable = (self._ages >= 0).astype(np.float64)
+        ages = final - self._windows
+        self._ages = np.where(ages >= 0, ages, _FAR)
+        self._readable = (ages >= 0).astype(np.float64)
+        self._position = final % size
         self._final = final
 
     def flags(self, frame: _Frame) -> Flags:
         self._layout(frame.final)
-        ring, rows = self.ring, self.rows
+        ring, rows, kpi, at = self.ring, self.rows, self.kpi, self._position
+        # A window is silent when it is missing, zero or has no value (NaN):
+        # only pairs whose final window is silent can breach.
+        final = ring.values[kpi, rows, at]
+        silent: Flags = (ring.starts[rows, at] != frame.final) | ~(np.abs(final) > 0.0)
+        if not silent.any():
+            return silent
+        picked = np.flatnonzero(silent)
+        rows, kpi = rows[picked], kpi[picked]
+        values = ring.values[kpi, rows]
         present = ring.starts[rows] == self._windows
-        values = ring.values[self.kpi, rows]
-        # A window is silent when it is missing, zero or has no value (NaN).
-        busy = present & (values != 0.0) & ~np.isnan(values)
-        silent = ~busy[:, frame.final % ring.size]
-        newest_busy = np.where(busy & (self._ages >= 0), self._ages, _FAR).min(axis=1)
+        busy = present & (np.abs(values) > 0.0)
+        newest_busy = np.where(busy, self._ages, _FAR).min(axis=1)
         mass = np.where(present & (values > 0.0), values, 0.0) @ self._readable
-        quiet = (newest_busy <= self.recent) & (mass < self.limit)
-        found: Flags = silent & ~quiet
-        return found
+        quiet = (newest_busy <= self.recent[picked]) & (mass < self.limit[picked])
+        silent[picked] = ~quiet
+        return silent
 
 
 def _trailing(rule: Rule) -> int:
