@@ -26,6 +26,7 @@ judge.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -226,9 +227,13 @@ class SeriesColumns:
                 # series exactly from now on.
                 ring.judge_exactly(slot)
                 continue
-            row = tuple(
-                np.nan if (v := sample.kpi(kpi)) is None else v for kpi in ring.kpis
-            )
+            kpis = [sample.kpi(kpi) for kpi in ring.kpis]
+            if any(v is not None and math.isnan(v) for v in kpis):
+                # NaN stands for "no value" in the ring; a KPI that really is
+                # NaN reads differently in the exact judge: judge it there.
+                ring.judge_exactly(slot)
+                continue
+            row = tuple(np.nan if v is None else v for v in kpis)
             batches.setdefault(grain, {})[(slot, window)] = row
         for grain, rows in batches.items():
             self.rings[grain].write(rows)
@@ -295,13 +300,18 @@ class _Frame:
 
     @property
     def ahead(self) -> tuple[Flags, Floats]:
-        """Whether each series has a row for window final + j, and its KPIs."""
+        """Whether each series has a row for window final + j, and its KPIs.
+
+        KPIs of windows without a row read as NaN here (not as the exact
+        judge's missing value): callers treat missing windows themselves.
+        """
         if self._ahead is None:
             ring, used = self.ring, len(self.ring.slots)
             windows = self.final + np.arange(AHEAD + 1, dtype=np.int64)
             positions = windows % ring.size
             present = ring.starts[:used][:, positions] == windows
-            self._ahead = present, ring.values[:, :used][:, :, positions]
+            values = ring.values[:, :used][:, :, positions]
+            self._ahead = present, np.where(present, values, np.nan)
         return self._ahead
 
 
@@ -310,7 +320,7 @@ class _Thresholds(_Group):
 
     def __init__(self, ring: GrainRing, pairs: list[tuple[Rule, int, int, int]]):
         super().__init__(ring, pairs)
-        kpi, volume, limit, sign, floor, columns, always = [], [], [], [], [], [], []
+        kpi, volume, limit, sign, floor, always = [], [], [], [], [], []
         for rule, _series, level, _row in pairs:
             condition = rule.condition
             assert isinstance(condition, ThresholdCondition)
@@ -321,29 +331,34 @@ class _Thresholds(_Group):
             kpi.append(ring.kpi_index[condition.kpi])
             volume.append(ring.kpi_index[condition.volume_kpi])
             sign.append(side)
-            limit.append(side * trigger - tolerance(trigger))
+            # Open windows are candidates only for rules that judge them: the
+            # others compare their open windows with an unreachable limit.
+            closed = np.inf if not rule.judge_open_windows else 0.0
+            limit.append(
+                [side * trigger - tolerance(trigger)]
+                + [side * trigger - tolerance(trigger) + closed] * AHEAD
+            )
             floor.append(condition.min_volume - tolerance(condition.min_volume))
-            # Open windows are candidates only for rules that judge them.
-            columns.append([True] + [rule.judge_open_windows] * AHEAD)
             # A missing window reads as volume 0: with no volume guard it may
             # still be judged, so such pairs always go to the exact judge.
             always.append(condition.min_volume <= tolerance(condition.min_volume))
         self.kpi = np.array(kpi, dtype=np.int64)
         self.volume = np.array(volume, dtype=np.int64)
         self.sign = np.array(sign, dtype=np.float64)[:, None]
-        self.limit = np.array(limit, dtype=np.float64)[:, None]
+        self.limit = np.array(limit, dtype=np.float64).reshape(len(pairs), -1)
         self.floor = np.array(floor, dtype=np.float64)[:, None]
-        self.columns = np.array(columns, dtype=np.bool_)
         self.always = np.array(always, dtype=np.bool_)
         self.any_always = bool(self.always.any())
 
     def flags(self, frame: _Frame) -> Flags:
+        # Missing windows and KPIs without a value are NaN: no comparison
+        # holds. (A NaN volume is no volume for the exact judge, and pairs
+        # without a volume guard are in ``always``.)
         rows = self.rows
-        present, ahead = frame.ahead
-        readable = present[rows] & self.columns
+        ahead = frame.ahead[1]
         value = ahead[self.kpi, rows]
         volume = ahead[self.volume, rows]
-        hit = readable & (value * self.sign > self.limit) & ~(volume < self.floor)
+        hit = (value * self.sign > self.limit) & (volume >= self.floor)
         found: Flags = np.asarray(hit.any(axis=1))
         if self.any_always:
             found |= self.always
