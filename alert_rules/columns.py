@@ -342,8 +342,12 @@ class _Thresholds(_Group):
             # A missing window reads as volume 0: with no volume guard it may
             # still be judged, so such pairs always go to the exact judge.
             always.append(condition.min_volume <= tolerance(condition.min_volume))
-        self.kpi = np.array(kpi, dtype=np.int64)
-        self.volume = np.array(volume, dtype=np.int64)
+        self.kpi = np.array(kpi, dtype=np.int64)[:, None]
+        self.volume = np.array(volume, dtype=np.int64)[:, None]
+        self.series = self.rows[:, None]
+        self._final: int | None = None
+        self._windows = np.zeros(AHEAD + 1, dtype=np.int64)
+        self._positions = np.zeros(AHEAD + 1, dtype=np.int64)
         self.sign = np.array(sign, dtype=np.float64)[:, None]
         self.limit = np.array(limit, dtype=np.float64).reshape(len(pairs), -1)
         self.floor = np.array(floor, dtype=np.float64)[:, None]
@@ -351,14 +355,19 @@ class _Thresholds(_Group):
         self.any_always = bool(self.always.any())
 
     def flags(self, frame: _Frame) -> Flags:
-        # Missing windows and KPIs without a value are NaN: no comparison
-        # holds. (A NaN volume is no volume for the exact judge, and pairs
-        # without a volume guard are in ``always``.)
-        rows = self.rows
-        ahead = frame.ahead[1]
-        value = ahead[self.kpi, rows]
-        volume = ahead[self.volume, rows]
-        hit = (value * self.sign > self.limit) & (volume >= self.floor)
+        # KPIs without a value are NaN: no comparison holds. (A NaN volume is
+        # no volume for the exact judge, and pairs without a volume guard are
+        # in ``always``.)
+        ring, final = self.ring, frame.final
+        if self._final != final:
+            self._windows = final + np.arange(AHEAD + 1, dtype=np.int64)
+            self._positions = self._windows % ring.size
+            self._final = final
+        rows, positions = self.series, self._positions
+        present = ring.starts[rows, positions] == self._windows
+        value = ring.values[self.kpi, rows, positions]
+        volume = ring.values[self.volume, rows, positions]
+        hit = present & (value * self.sign > self.limit) & (volume >= self.floor)
         found: Flags = np.asarray(hit.any(axis=1))
         if self.any_always:
             found |= self.always
@@ -393,49 +402,52 @@ class _Changes(_Group):
             padding.append([np.nan] * (self.back - windows) + [missing] * (windows + 1))
         self.kpi = np.array(kpi, dtype=np.int64)
         self.trailing = np.array(trailing, dtype=np.int64)
+        # The exact judge wants half the trailing windows with a value.
+        self.needed = (self.trailing + 1) // 2
         self.floor = np.array(floor, dtype=np.float64)
         self.base = np.array(base, dtype=np.float64)
         self.sign = np.array(sign, dtype=np.float64)
         self.limit = np.array(limit, dtype=np.float64)
-        self.fill = np.array(fill, dtype=np.float64)
-        # The block read per call: the trailing span, then the final window.
+        # The block read per call: the trailing span, then the final window;
+        # cells outside a rule's span expect window -1, which no row has.
         self.padding = np.array(padding, dtype=np.float64).reshape(len(pairs), -1)
-        self.span = np.array(
-            [[j >= self.back - n for j in range(self.back + 1)] for n in trailing],
-            dtype=np.bool_,
+        columns = range(-self.back, 1)
+        self.offsets = np.array(
+            [[j if j >= -n else _NONE for j in columns] for n in trailing],
+            dtype=np.int64,
         ).reshape(len(pairs), -1)
         self.cells = self.kpi[:, None], self.rows[:, None]
         self._final: int | None = None
-        self._windows = np.zeros(self.back + 1, dtype=np.int64)
+        self._windows = self.offsets
         self._positions = np.zeros(self.back + 1, dtype=np.int64)
         self._horizon = np.zeros(len(pairs), dtype=np.int64)
 
     def flags(self, frame: _Frame) -> Flags:
-        ring, rows, final = self.ring, self.rows, frame.final
+        ring, final = self.ring, frame.final
         if self._final != final:
-            self._windows = final - self.back + np.arange(self.back + 1, dtype=np.int64)
-            self._positions = self._windows % ring.size
+            self._windows = np.where(self.offsets == _NONE, -1, self.offsets + final)
+            self._positions = (final - self.back + np.arange(self.back + 1)) % ring.size
             self._horizon = final - self.trailing
             self._final = final
         kpi, series = self.cells
-        readable = (ring.starts[series, self._positions] == self._windows) & self.span
-        raw = ring.values[kpi, series, self._positions]
-        block = np.where(readable, raw, self.padding)
+        readable = ring.starts[series, self._positions] == self._windows
+        block = np.where(
+            readable, ring.values[kpi, series, self._positions], self.padding
+        )
         before, value = block[:, :-1], block[:, -1]
         known = ~np.isnan(before)
         counted = known.sum(axis=1)
-        enough = (counted * 2 >= self.trailing) & (ring.oldest[rows] <= self._horizon)
         reference = np.where(known, before, 0.0).sum(axis=1) / np.maximum(counted, 1)
-        judged = enough & (reference >= self.floor)
-        tiny = judged & (reference <= self.base)
-        # Divide only where the reference is clearly positive.
-        change = np.divide(
-            value - reference,
-            reference,
-            out=np.zeros_like(reference),
-            where=judged & ~tiny,
+        judged = (
+            (counted >= self.needed)
+            & (ring.oldest[self.rows] <= self._horizon)
+            & (reference >= self.floor)
         )
-        found: Flags = (judged & (change * self.sign >= self.limit)) | tiny
+        tiny = reference <= self.base
+        # With a clearly positive reference, change >= limit reads
+        # value - reference >= limit * reference (no division).
+        breach = (value - reference) * self.sign >= self.limit * reference
+        found: Flags = judged & (breach | tiny)
         return found
 
 
@@ -497,11 +509,13 @@ class _Absences(_Group):
             return silent
         picked = np.flatnonzero(silent)
         rows, kpi = rows[picked], kpi[picked]
-        values = ring.values[kpi, rows]
-        present = ring.starts[rows] == self._windows
-        busy = present & (np.abs(values) > 0.0)
+        readable = np.where(
+            ring.starts[rows] == self._windows, ring.values[kpi, rows], 0.0
+        )
+        busy = np.abs(readable) > 0.0  # NaN is no value: silent
         newest_busy = np.where(busy, self._ages, _FAR).min(axis=1)
-        mass = np.where(present & (values > 0.0), values, 0.0) @ self._readable
+        # fmax drops NaN and negative values: an upper bound of any sum.
+        mass = np.fmax(readable, 0.0) @ self._readable
         quiet = (newest_busy <= self.recent[picked]) & (mass < self.limit[picked])
         silent[picked] = ~quiet
         return silent

@@ -9,6 +9,7 @@ transitions and notifications must be identical, call after call.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from datetime import timedelta
 from pathlib import Path
@@ -161,8 +162,6 @@ def _payments(
 
 
 def _later(sample: KpiSample, minute: int) -> KpiSample:
-    import dataclasses
-
     return dataclasses.replace(sample, updated_at=T0 + timedelta(minutes=minute))
 
 
