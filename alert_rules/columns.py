@@ -75,6 +75,17 @@ def vectorised(rule: Rule) -> bool:
     return False
 
 
+# A rule with fewer (level, series) pairs than this is judged exactly on every
+# pair: a pair's exact verdict on an unchanged final window is one memo lookup,
+# cheaper than the fixed cost of the numpy calls of a columnar pass.
+PREJUDGE_FROM_PAIRS = 5
+
+
+def prejudged(rule: Rule, series: int) -> bool:
+    """Whether ``rule`` on ``series`` series is pre-judged (else judged exactly)."""
+    return vectorised(rule) and series * len(rule.levels) >= PREJUDGE_FROM_PAIRS
+
+
 def reads(rule: Rule) -> tuple[tuple[str, ...], int]:
     """The KPIs a pre-judged rule reads and how many windows before the final one.
 

@@ -51,7 +51,7 @@ from alert_rules.columns import (
     PreJudge,
     SeriesColumns,
     final_index,
-    vectorised,
+    prejudged,
 )
 from alert_rules.conditions import (
     Observation,
@@ -123,7 +123,7 @@ class _Plan:
     """One rule's tracks, series by series, and where its series sit in the arrays.
 
     ``vectorised`` is False for a rule judged exactly on every series (see
-    :func:`alert_rules.columns.vectorised`).
+    :func:`alert_rules.columns.prejudged`).
     """
 
     tracks: tuple[tuple[_Track, ...], ...]
@@ -531,7 +531,7 @@ class Engine:
             return
         self._plans = {}
         self._placement = {}
-        prejudged: list[tuple[Rule, list[int]]] = []
+        columnar_rules: list[tuple[Rule, list[int]]] = []
         for rule in self._series_rules:
             keys = [
                 key
@@ -542,17 +542,18 @@ class Engine:
                 tuple(self._track(rule, level, key) for level in rule.levels)
                 for key in keys
             )
-            if vectorised(rule):
+            columnar = prejudged(rule, len(keys))
+            if columnar:
                 dimension = rule.scope.dimension
                 rows = [
                     self._columns.slot(rule.grain, dimension, key[2]) for key in keys
                 ]
-                prejudged.append((rule, rows))
-            self._plans[rule.name] = _Plan(tracks, vectorised(rule))
+                columnar_rules.append((rule, rows))
+            self._plans[rule.name] = _Plan(tracks, columnar)
             for series, per_level in enumerate(tracks):
                 for level, track in enumerate(per_level):
                     self._placement[track.fingerprint] = (rule.name, series, level)
-        self._prejudge = PreJudge(self._columns, prejudged)
+        self._prejudge = PreJudge(self._columns, columnar_rules)
         self._tracks_layout = self._history.layout
 
     def _track(self, rule: Rule, level: Level, key: SeriesKey) -> _Track:

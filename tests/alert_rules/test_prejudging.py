@@ -193,10 +193,10 @@ def test_prejudging_gives_the_exact_judges_verdicts(
     columnar = run(rules, calls)
     with monkeypatch.context() as patched:
 
-        def exact_only(rule: Rule) -> bool:
+        def exact_only(rule: Rule, series: int) -> bool:
             return False
 
-        patched.setattr(alert_rules.engine, "vectorised", exact_only)
+        patched.setattr(alert_rules.engine, "prejudged", exact_only)
         reference = run(rules, calls)
 
     assert columnar == reference
