@@ -127,6 +127,14 @@ class SeriesJudge:
         self.history = history
         self.watermark = watermark
         self.memo = memo if memo is not None else VerdictMemo()
+        self._finals: dict[str, datetime] = {}
+
+    def final_start(self, grain: str) -> datetime:
+        """Start of the newest final window of ``grain`` at this evaluation."""
+        found = self._finals.get(grain)
+        if found is None:
+            found = self._finals[grain] = last_final_start(self.watermark, grain)
+        return found
 
     def value(self, key: SeriesKey, start: datetime, kpi: str) -> float | None:
         """KPI value of a window; a missing row counts as 0 for counts and sums."""
@@ -141,7 +149,7 @@ class SeriesJudge:
         self, rule: Rule, key: SeriesKey, guard: tuple[str, float]
     ) -> datetime:
         """Start of the newest window ``rule`` may judge on ``key``."""
-        final = last_final_start(self.watermark, rule.grain)
+        final = self.final_start(rule.grain)
         if not rule.judge_open_windows:
             return final
         windows = self.history.windows(key)
@@ -173,7 +181,7 @@ class SeriesJudge:
         Memoised like :meth:`run_at`: it depends only on windows up to the
         newest final one.
         """
-        newest = last_final_start(self.watermark, rule.grain)
+        newest = self.final_start(rule.grain)
         condition = rule.condition
         if not isinstance(condition, AbsenceCondition):
             return self.run_at(rule, level, key, newest)
@@ -372,7 +380,7 @@ class SeriesJudge:
     ) -> Observation:
         """Silence run ending at the newest final window (use final_verdict)."""
         step = GRAINS[rule.grain]
-        newest = last_final_start(self.watermark, rule.grain)
+        newest = self.final_start(rule.grain)
         oldest = self.history.oldest(key)
         if oldest is None:
             return NOT_BREACHING

@@ -179,7 +179,7 @@ class Engine:
         self._history = WindowHistory({}, set())
         self._columns = SeriesColumns([])
         self._prejudge = PreJudge(self._columns, [])
-        self._finals: tuple[datetime, dict[str, tuple[datetime, int]]] | None = None
+        self._finals: tuple[datetime, dict[str, datetime], dict[str, int]] | None = None
         self._identities: dict[tuple[str, str], tuple[dict[str, str], str]] = {}
         self.last_ingest_seconds = 0.0
         self.last_judge_seconds = 0.0
@@ -395,10 +395,10 @@ class Engine:
             evaluations += 1
         lag = now - pipeline.watermark
         live = self._live()
-        finals = self._final_windows(pipeline.watermark)
-        flagged = self._prejudge.run({g: index for g, (_, index) in finals.items()})
+        finals, indices = self._final_windows(pipeline.watermark)
+        flagged = self._prejudge.run(indices)
         for rule in self._series_rules:
-            final = finals[rule.grain][0]
+            final = finals[rule.grain]
             condition = rule.condition
             fresh = (
                 lag <= condition.fresh_within
@@ -471,17 +471,21 @@ class Engine:
             return sorted(alive.union(found))
         return sorted(found)
 
-    def _final_windows(self, watermark: datetime) -> dict[str, tuple[datetime, int]]:
+    def _final_windows(
+        self, watermark: datetime
+    ) -> tuple[dict[str, datetime], dict[str, int]]:
         """Newest final window start and index of every grain, at ``watermark``."""
         if self._finals is not None and self._finals[0] == watermark:
-            return self._finals[1]
-        finals: dict[str, tuple[datetime, int]] = {}
+            return self._finals[1], self._finals[2]
+        starts: dict[str, datetime] = {}
+        indices: dict[str, int] = {}
         for rule in self._series_rules:
-            if rule.grain not in finals:
+            if rule.grain not in starts:
                 final = last_final_start(watermark, rule.grain)
-                finals[rule.grain] = (final, final_index(rule.grain, final))
-        self._finals = (watermark, finals)
-        return finals
+                starts[rule.grain] = final
+                indices[rule.grain] = final_index(rule.grain, final)
+        self._finals = (watermark, starts, indices)
+        return starts, indices
 
     def _judge_track(
         self, track: _Track, judge: SeriesJudge, fresh: bool, epoch: _Epoch
