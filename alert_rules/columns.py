@@ -275,7 +275,6 @@ def final_index(grain: str, final: datetime) -> int:
 
 # (rule name, series position, level position) of one pre-judged pair.
 Owner = tuple[str, int, int]
-_FAR = np.int64(1) << 40  # an age no window has
 
 
 class _Group:
@@ -476,27 +475,27 @@ class _Absences(_Group):
 
     def __init__(self, ring: GrainRing, pairs: list[tuple[Rule, int, int, int]]):
         super().__init__(ring, pairs)
-        depth = ring.size - AHEAD - 1
-        kpi, recent, limit = [], [], []
+        # One group per expect_windows: the recent span is the same for all.
+        spans = {_expected(rule) for rule, *_ in pairs}
+        assert len(spans) == 1
+        self.recent = ring.size - AHEAD - 1 - spans.pop()
+        kpi, limit = [], []
         for rule, *_ in pairs:
             condition = rule.condition
             assert isinstance(condition, AbsenceCondition)
             kpi.append(ring.kpi_index[condition.kpi])
-            recent.append(depth - condition.expect_windows)
             needed = condition.expect_windows * condition.min_expected
             limit.append(needed - tolerance(needed))
         self.kpi = np.array(kpi, dtype=np.int64)
-        self.recent = np.array(recent, dtype=np.int64)
         self.limit = np.array(limit, dtype=np.float64)
         self._final: int | None = None
         self._position = 0
         self._windows = np.zeros(ring.size, dtype=np.int64)
-        self._ages = np.zeros(ring.size, dtype=np.int64)
-        self._readable = np.zeros(ring.size, dtype=np.float64)
+        self._weights = np.zeros((ring.size, 2), dtype=np.float64)
 
     def _layout(self, final: int) -> None:
-        # The window at each ring position, its age (far for windows after the
-        # final one), and which positions are at or before the final window;
+        # The window at each ring position, and two weight columns: windows
+        # at most `recent` old, and every window at or before the final one;
         # the same for every call of one final window.
         if self._final == final:
             return
@@ -504,8 +503,8 @@ class _Absences(_Group):
         low = final + AHEAD - size + 1
         self._windows = low + (np.arange(size, dtype=np.int64) - low) % size
         ages = final - self._windows
-        self._ages = np.where(ages >= 0, ages, _FAR)
-        self._readable = (ages >= 0).astype(np.float64)
+        recent = (ages >= 0) & (ages <= self.recent)
+        self._weights = np.stack([recent, ages >= 0], axis=1).astype(np.float64)
         self._position = final % size
         self._final = final
 
@@ -523,13 +522,19 @@ class _Absences(_Group):
         readable = np.where(
             ring.starts[rows] == self._windows, ring.values[kpi, rows], 0.0
         )
-        busy = np.abs(readable) > 0.0  # NaN is no value: silent
-        newest_busy = np.where(busy, self._ages, _FAR).min(axis=1)
-        # fmax drops NaN and negative values: an upper bound of any sum.
-        mass = np.fmax(readable, 0.0) @ self._readable
-        quiet = (newest_busy <= self.recent[picked]) & (mass < self.limit[picked])
+        # fmax drops NaN (no value) and negative values: column 0 is positive
+        # when a recent window has orders (a negative count, also not silent
+        # for the exact judge, only makes the pair a suspect), column 1 is an
+        # upper bound of the sum of any span of readable windows.
+        sums = np.fmax(readable, 0.0) @ self._weights
+        quiet = (sums[:, 0] > 0.0) & (sums[:, 1] < self.limit[picked])
         silent[picked] = ~quiet
         return silent
+
+
+def _expected(rule: Rule) -> int:
+    condition = rule.condition
+    return condition.expect_windows if isinstance(condition, AbsenceCondition) else 0
 
 
 def _trailing(rule: Rule) -> int:
@@ -549,7 +554,9 @@ class PreJudge:
     def __init__(
         self, columns: SeriesColumns, plans: Sequence[tuple[Rule, Sequence[int]]]
     ) -> None:
-        grouped: dict[tuple[str, type[_Group]], list[tuple[Rule, int, int, int]]] = {}
+        grouped: dict[
+            tuple[str, type[_Group], int], list[tuple[Rule, int, int, int]]
+        ] = {}
         for rule, rows in plans:
             if not vectorised(rule):
                 continue
@@ -561,14 +568,14 @@ class PreJudge:
                 kind = _Changes
             else:
                 kind = _Absences
-            pairs = grouped.setdefault((rule.grain, kind), [])
+            pairs = grouped.setdefault((rule.grain, kind, _expected(rule)), [])
             for series, row in enumerate(rows):
                 pairs.extend(
                     (rule, series, level, row) for level in range(len(rule.levels))
                 )
         self.groups: list[tuple[str, _Group]] = [
             (grain, kind(columns.rings[grain], pairs))
-            for (grain, kind), pairs in grouped.items()
+            for (grain, kind, _), pairs in grouped.items()
             if pairs
         ]
 

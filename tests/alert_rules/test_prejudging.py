@@ -95,11 +95,20 @@ rules:
     min_expected: 3
     labels: {category: data}
     annotations: {summary: "no orders from {{ labels.region }}"}
+  - name: LongSilent
+    kind: absence
+    grain: 1m
+    split_by: region
+    for: 5m
+    expect_windows: 20
+    min_expected: 2
+    labels: {category: data}
+    annotations: {summary: "no orders from {{ labels.region }} for long"}
 """
 )
 
 METHODS = ("pix", "card", "boleto")
-REGIONS = ("SP", "RJ", "MG", "BA")
+REGIONS = ("SP", "RJ", "MG", "BA", "PR")  # five: enough pairs to pre-judge
 
 
 def traffic(seed: int, minutes: int) -> list[list[KpiSample]]:
@@ -111,14 +120,14 @@ def traffic(seed: int, minutes: int) -> list[list[KpiSample]]:
         rows = []
         for name in REGIONS:
             if quiet[name] == 0 and rng.random() < 0.04:
-                quiet[name] = rng.randint(1, 25)
+                quiet[name] = rng.randint(1, 45)
             if quiet[name]:
                 quiet[name] -= 1
                 if rng.random() < 0.5:
                     rows.append(_region(minute - 1, name, 0, "1m"))
                 continue
             if rng.random() < 0.9:
-                orders = rng.choice((0, 1, 2, 5, 8, 12))
+                orders = rng.choice((0, 1, 2, 3, 4, 6, 8))
                 rows.append(_region(minute - 1, name, orders, "1m"))
         start = minute - minute % 5
         final = minute % 5 == 0
@@ -202,3 +211,50 @@ def test_prejudging_gives_the_exact_judges_verdicts(
     assert columnar == reference
     fired = {t[1] for call in reference for t in call[1]}
     assert {"pending", "firing", "resolved"} <= fired  # the scenario bites
+
+
+SILENCE = (
+    ROUTING
+    + """
+rules:
+  - name: Silent
+    kind: absence
+    grain: 1m
+    split_by: region
+    for: 3m
+    expect_windows: 10
+    min_expected: 5
+    labels: {category: data}
+    annotations: {summary: "no orders from {{ labels.region }}"}
+"""
+)
+
+
+@pytest.mark.parametrize(
+    ("busy", "orders", "silent_from"),
+    [
+        # The reference span averages exactly the minimum: the bound must
+        # not clear a sum equal to it.
+        (range(0, 10), 5, 10),
+        # A silence so long that the reference span left the ring's readable
+        # range: the ring alone cannot clear it.
+        (range(0, 15), 6, 15),
+    ],
+)
+def test_absence_bound_never_clears_a_breaching_silence(
+    tmp_path: Path, busy: range, orders: int, silent_from: int
+) -> None:
+    rules = rules_from(tmp_path, SILENCE)
+    clock = FakeClock(T0 + timedelta(minutes=42))
+    engine = Engine(rules, InMemoryStateStore(), clock)
+    rows = [_region(minute, "RJ", orders, "1m") for minute in busy]
+    rows += [
+        _region(minute, name, 9, "1m")
+        for name in ("SP", "MG", "BA", "PR", "SC")  # enough pairs to pre-judge
+        for minute in range(42)
+    ]
+
+    engine.evaluate(rows, status(42))
+
+    assert [(a.labels["region"], a.state) for a in engine.alerts] == [("RJ", "firing")]
+    assert engine.alerts[0].active_since == T0 + timedelta(minutes=silent_from)
