@@ -13,6 +13,7 @@ import argparse
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -43,18 +44,41 @@ def land(landing: Path, orders_per_minute: float, minutes: int) -> int:
     return total
 
 
-def measure(files_per_batch: int, landing: Path, root: Path) -> list[BatchReport]:
+@dataclass(frozen=True)
+class Measured:
+    """One batch: its report and the wall time of each pipeline step."""
+
+    report: BatchReport
+    phase_seconds: dict[str, float]
+
+
+def measure(files_per_batch: int, landing: Path, root: Path) -> list[Measured]:
     spark = build_spark_session()
     layout = TableLayout(root / f"run-{files_per_batch}")
     layout.data_dir.mkdir(parents=True)
     (layout.data_dir / "landing").symlink_to(landing)
-    reports: list[BatchReport] = []
-    pipeline = OrderPipeline(spark, layout, listeners=(reports.append,))
+    batches: list[Measured] = []
+
+    def record(report: BatchReport) -> None:
+        batches.append(Measured(report, dict(pipeline.phase_seconds)))
+
+    pipeline = OrderPipeline(spark, layout, listeners=(record,))
     query = pipeline.start(
         landing_stream(spark, layout.landing_dir, files_per_batch), available_now=True
     )
     query.awaitTermination()
-    return reports
+    return batches
+
+
+def phase_medians(batches: list[Measured]) -> str:
+    """``name=median_s`` per step, slowest first."""
+    names = {name for batch in batches for name in batch.phase_seconds}
+    medians = {
+        name: statistics.median(batch.phase_seconds.get(name, 0.0) for batch in batches)
+        for name in names
+    }
+    ranked = sorted(medians.items(), key=lambda item: -item[1])
+    return " ".join(f"{name}={seconds:.2f}" for name, seconds in ranked)
 
 
 def main() -> None:
@@ -72,17 +96,22 @@ def main() -> None:
               f"({total / generated_s:,.0f}/s)")  # fmt: skip
         build_spark_session()  # start-up is not part of any figure
         print("files/batch  batches  msgs/batch  median batch s  msgs/s (all batches)")
+        phases: list[str] = []
         for files in args.batch_files:
-            reports = measure(files, root / "landing", root)
-            # The first batch pays the JIT and Delta table creation; report it apart.
-            steady = reports[1:] or reports
-            rows = sum(r.input_rows for r in steady)
-            seconds = sum(r.batch_duration_s for r in steady)
+            batches = measure(files, root / "landing", root)
+            # The first batch pays the JIT and Delta table creation; leave it out.
+            steady = batches[1:] or batches
+            reports = [batch.report for batch in steady]
+            rows = sum(r.input_rows for r in reports)
+            seconds = sum(r.batch_duration_s for r in reports)
             print(
-                f"{files:>11}  {len(reports):>7}  {rows / len(steady):>10,.0f}  "
-                f"{statistics.median(r.batch_duration_s for r in steady):>14.1f}  "
+                f"{files:>11}  {len(batches):>7}  {rows / len(reports):>10,.0f}  "
+                f"{statistics.median(r.batch_duration_s for r in reports):>14.1f}  "
                 f"{rows / seconds:>10,.0f}"
             )
+            phases.append(f"{files:>11}  {phase_medians(steady)}")
+        print("files/batch  median seconds per step (steady batches)")
+        print("\n".join(phases))
 
 
 if __name__ == "__main__":

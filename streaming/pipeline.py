@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
-from streaming.gold import affected_windows, compute_kpis
+from streaming.gold import affected_windows, compute_kpis, kpi_inputs
 from streaming.silver import (
     ValidationSettings,
     classify,
@@ -113,6 +113,8 @@ class BatchReport:
 
 
 BatchListener = Callable[[BatchReport], None]
+KPI_KEY = ("grain", "window_start", "dimension", "dimension_value")
+"""The columns that identify a ``gold.order_kpis`` row."""
 
 
 class OrderPipeline:
@@ -136,6 +138,9 @@ class OrderPipeline:
         self.settings = settings or PipelineSettings()
         self.clock = clock
         self.listeners = listeners
+        self.phase_seconds: dict[str, float] = {}
+        """Wall time of each step of the last batch (``bronze``, ``silver``, ...), for
+        benchmarks and DEBUG logs; filled before the listeners are called."""
         layout.ensure(spark)
         self._last_batch_id, self._watermark = self._recorded_progress(None)
 
@@ -172,10 +177,12 @@ class OrderPipeline:
     def process_batch(self, raw: DataFrame, batch_id: int) -> BatchReport:
         started = time.monotonic()
         started_at = self.clock()
+        self.phase_seconds = {}
         if self._last_batch_id is None or batch_id != self._last_batch_id + 1:
             # A replay after a crash, or the first batch of this process: take the
             # watermark as it stood after the previous batch, not the latest in memory.
-            _, self._watermark = self._recorded_progress(batch_id)
+            with self._phase("progress"):
+                _, self._watermark = self._recorded_progress(batch_id)
         watermark_before = self._watermark
 
         bronze = (
@@ -188,7 +195,8 @@ class OrderPipeline:
         finally:
             bronze.unpersist()
         report = _with_duration(report, time.monotonic() - started)
-        self._write_health(report)
+        with self._phase("health"):
+            self._write_health(report)
         self._last_batch_id, self._watermark = batch_id, report.watermark
         log.info(
             "batch=%d input=%d silver=%d quarantined=%d duplicates=%d late=%d "
@@ -203,6 +211,11 @@ class OrderPipeline:
             report.watermark.isoformat() if report.watermark else "-",
             report.batch_duration_s,
         )
+        log.debug(
+            "batch=%d phases %s",
+            batch_id,
+            " ".join(f"{k}={v:.2f}" for k, v in self.phase_seconds.items()),
+        )
         for listener in self.listeners:
             listener(report)
         return report
@@ -214,195 +227,189 @@ class OrderPipeline:
         started_at: datetime,
         watermark_before: datetime | None,
     ) -> BatchReport:
-        input_rows = bronze.count()
-        self._append(
-            bronze.select(*self._columns("bronze.order_events")),
-            "bronze.order_events",
-            batch_id,
-        )
-
-        classified = classify(bronze, self.settings.validation).persist()
-        try:
-            rejected = quarantine_rows(classified)
-            self._append(rejected, "silver.quarantine", batch_id)
-            reasons = {
-                row["reason_code"]: row["count"]
-                for row in rejected.groupBy("reason_code").count().collect()
-            }
-            candidates = silver_candidates(classified).persist()
-        finally:
-            classified.unpersist()
-        try:
-            return self._write_silver_and_gold(
-                candidates, batch_id, started_at, watermark_before, input_rows, reasons
+        with self._phase("bronze"):
+            self._append(
+                bronze.select(*self._columns("bronze.order_events")),
+                "bronze.order_events",
+                batch_id,
             )
-        finally:
-            candidates.unpersist()
+        with _cached(classify(bronze, self.settings.validation)) as classified:
+            with self._phase("quarantine"):
+                self._append(quarantine_rows(classified), "silver.quarantine", batch_id)
+                outcomes = _classification_outcomes(classified)
+            candidates = silver_candidates(classified)
+            with _cached(_first_seen(candidates, watermark_before)) as unique:
+                return self._write_silver_and_gold(
+                    unique, batch_id, started_at, watermark_before, outcomes
+                )
 
     def _write_silver_and_gold(
         self,
-        candidates: DataFrame,
+        unique: DataFrame,
         batch_id: int,
         started_at: datetime,
         watermark_before: datetime | None,
-        input_rows: int,
-        reasons: dict[str, int],
+        outcomes: _Outcomes,
     ) -> BatchReport:
-        first_seen = Window.partitionBy("event_id").orderBy(
-            "source_partition", "source_offset", "source_file", "source_line"
+        with self._phase("dedup"):
+            stats = _batch_stats(unique)
+        silver_rows = 0
+        if stats.rows:
+            with self._phase("silver"):
+                silver_rows = self._insert_silver(unique, batch_id, stats.earliest)
+        watermark = _advance(
+            watermark_before, stats.latest, self.settings.allowed_lateness
         )
-        unique = (
-            candidates.withColumn("_rank", F.row_number().over(first_seen))
-            .where(F.col("_rank") == 1)
-            .drop("_rank")
-            .withColumn(
-                "watermark_at_arrival", F.lit(watermark_before).cast("timestamp")
-            )
-            .select(*self._columns("silver.order_events"))
-            .persist()
-        )
-        try:
-            stats = unique.agg(
-                F.count(F.lit(1)).alias("rows"),
-                F.min("occurred_at").alias("earliest"),
-                F.max("occurred_at").alias("latest"),
-            ).first()
-            assert stats is not None
-            valid_rows = candidates.count()
-            if stats["rows"]:
-                self._merge_silver(unique, batch_id, stats["earliest"])
-            silver_rows = self._silver_rows_of(batch_id)
-            watermark = _advance(
-                watermark_before, stats["latest"], self.settings.allowed_lateness
-            )
-            changed, late = self._update_gold(
-                unique, batch_id, watermark, stats["rows"] > 0
-            )
-        finally:
-            unique.unpersist()
+        changed = self._update_gold(unique, batch_id, stats, watermark)
         return BatchReport(
             batch_id=batch_id,
             batch_started_at=started_at,
             batch_duration_s=0.0,
-            input_rows=input_rows,
+            input_rows=outcomes.input_rows,
             silver_rows=silver_rows,
-            quarantined_rows=sum(reasons.values()),
-            duplicates_dropped=valid_rows - silver_rows,
-            late_events=late,
+            quarantined_rows=sum(outcomes.reasons.values()),
+            duplicates_dropped=outcomes.valid_rows - silver_rows,
+            late_events=stats.late,
             gold_rows_upserted=len(changed),
-            max_event_time=_as_utc(stats["latest"]),
+            max_event_time=_as_utc(stats.latest),
             watermark=watermark,
             changed_kpis=tuple(changed),
-            quarantine_reasons=reasons,
+            quarantine_reasons=outcomes.reasons,
         )
 
-    def _merge_silver(
-        self, unique: DataFrame, batch_id: int, earliest: datetime
-    ) -> None:
-        horizon_date = (_utc(earliest) - self.settings.dedup_horizon).date()
-        silver = self.layout.delta_table(self.spark, "silver.order_events")
-        with self._transaction("silver.order_events", batch_id):
-            (
-                silver.alias("t")
-                .merge(
-                    unique.alias("s"),
-                    "t.event_id = s.event_id AND "
-                    f"t.event_date >= DATE'{horizon_date.isoformat()}'",
-                )
-                .whenNotMatchedInsertAll()
-                .execute()
-            )
+    def _insert_silver(
+        self, unique: DataFrame, batch_id: int, earliest: datetime | None
+    ) -> int:
+        """Append the batch's events whose ``event_id`` Silver does not hold yet
+        (looking back ``dedup_horizon`` from the earliest of them); return how many.
 
-    def _silver_rows_of(self, batch_id: int) -> int:
-        silver = self.layout.read(self.spark, "silver.order_events")
-        return silver.where(F.col("batch_id") == batch_id).count()
+        Silver rows written by this same batch id are left out of the look-up: they
+        exist only when the batch is replayed after a crash, and then the append is
+        skipped by its transaction version while the count comes out as it did the
+        first time.
+        """
+        assert earliest is not None
+        horizon_date = (_utc(earliest) - self.settings.dedup_horizon).date()
+        known = (
+            self.layout.read(self.spark, "silver.order_events")
+            .where(
+                (F.col("event_date") >= F.lit(horizon_date))
+                & (F.col("batch_id") != batch_id)
+            )
+            .select("event_id")
+        )
+        first_seen = unique.join(known, "event_id", "left_anti")
+        with _cached(first_seen) as first_seen:
+            inserted = first_seen.count()
+            if inserted:
+                self._append(
+                    first_seen.select(*self._columns("silver.order_events")),
+                    "silver.order_events",
+                    batch_id,
+                )
+        return inserted
 
     def _update_gold(
         self,
         unique: DataFrame,
         batch_id: int,
+        stats: _BatchStats,
         watermark: datetime | None,
-        has_events: bool,
-    ) -> tuple[list[dict[str, Any]], int]:
-        """Upsert the touched windows, finalize passed ones; return changed rows and
-        the number of late events in the batch (late for their 1-minute window)."""
+    ) -> list[dict[str, Any]]:
+        """Recompute the windows the batch touched and finalize the open ones the
+        watermark has passed, in one Gold MERGE; return the rows written."""
         now = self.clock()
         changed: list[dict[str, Any]] = []
-        late = 0
-        gold = self.layout.delta_table(self.spark, "gold.order_kpis")
-        if has_events:
-            silver = self.layout.read(self.spark, "silver.order_events")
-            windows = affected_windows(
-                unique, silver, self.settings.latency_horizon
-            ).persist()
-            try:
-                bounds = windows.agg(F.min("window_start"), F.max("window_end")).first()
-                assert bounds is not None
-                kpis = compute_kpis(
-                    silver,
-                    windows,
-                    (_as_utc(bounds[0]), _as_utc(bounds[1])),  # type: ignore[arg-type]
-                    watermark,
-                    now,
-                    self.settings.latency_horizon,
-                ).persist()
-            finally:
-                windows.unpersist()
-            try:
-                with self._transaction("gold.order_kpis", batch_id):
-                    (
-                        gold.alias("t")
-                        .merge(
-                            kpis.alias("s"),
-                            "t.grain = s.grain AND t.window_start = s.window_start "
-                            "AND t.dimension = s.dimension "
-                            "AND t.dimension_value = s.dimension_value",
-                        )
-                        .whenMatchedUpdateAll()
-                        .whenNotMatchedInsertAll()
-                        .execute()
+        upserts: list[DataFrame] = []
+        with ExitStack() as cached:
+            if stats.rows:
+                with self._phase("gold_kpis"):
+                    kpis = self._recomputed_kpis(cached, unique, stats, watermark, now)
+                    changed = [utc_row(row.asDict()) for row in kpis.collect()]
+                upserts.append(kpis)
+            if watermark is not None:
+                with self._phase("gold_finalize"):
+                    closing = cached.enter_context(
+                        _cached(self._closing(watermark, upserts))
                     )
-                changed = [utc_row(row.asDict()) for row in kpis.collect()]
-            finally:
-                kpis.unpersist()
-            late = int(
-                unique.where(
-                    F.col("watermark_at_arrival").isNotNull()
-                    & (
-                        F.timestamp_seconds(
-                            F.floor(F.unix_seconds("occurred_at") / 60) * 60 + 60
-                        )
-                        <= F.col("watermark_at_arrival")
+                    rows = [utc_row(row.asDict()) for row in closing.collect()]
+                if rows:
+                    changed.extend(
+                        {**row, "is_final": True, "updated_at": now} for row in rows
                     )
-                ).count()
-            )
-        if watermark is not None:
-            changed.extend(self._finalize(gold, watermark, now, changed))
-        return changed, late
+                    upserts.append(
+                        closing.withColumn("is_final", F.lit(True)).withColumn(
+                            "updated_at", F.lit(now).cast("timestamp")
+                        )
+                    )
+            if upserts:
+                with self._phase("gold_merge"):
+                    self._merge_gold(upserts, batch_id)
+        return changed
 
-    def _finalize(
+    def _recomputed_kpis(
         self,
-        gold: Any,
-        watermark: datetime,
+        cached: ExitStack,
+        unique: DataFrame,
+        stats: _BatchStats,
+        watermark: datetime | None,
         now: datetime,
-        already: list[dict[str, Any]],
-    ) -> list[dict[str, Any]]:
-        """Mark open windows that the watermark has passed as final; return them."""
-        condition = (~F.col("is_final")) & (F.col("window_end") <= F.lit(watermark))
-        closing = self.layout.read(self.spark, "gold.order_kpis").where(condition)
-        rows = [utc_row(row.asDict()) for row in closing.collect()]
-        if not rows:
-            return []
-        gold.update(
-            condition,
-            {"is_final": F.lit(True), "updated_at": F.lit(now).cast("timestamp")},
+    ) -> DataFrame:
+        """KPI rows of every window the batch touched, from one read of Silver;
+        the frames it persists stay cached until ``cached`` closes."""
+        assert stats.earliest is not None
+        assert stats.latest is not None
+        horizon = self.settings.latency_horizon
+        silver = self.layout.read(self.spark, "silver.order_events")
+        inputs = cached.enter_context(
+            _cached(
+                kpi_inputs(silver, _utc(stats.earliest), _utc(stats.latest), horizon)
+            )
         )
-        seen = {_kpi_key(row) for row in already}
-        finalized = []
-        for row in rows:
-            if _kpi_key(row) not in seen:
-                finalized.append({**row, "is_final": True, "updated_at": now})
-        return finalized
+        windows = cached.enter_context(
+            _cached(affected_windows(unique, inputs, horizon))
+        )
+        with self._phase("gold_windows"):
+            bounds = windows.agg(F.min("window_start"), F.max("window_end")).first()
+        assert bounds is not None
+        kpis = compute_kpis(
+            inputs,
+            windows,
+            (_utc(bounds[0]), _utc(bounds[1])),
+            watermark,
+            now,
+            horizon,
+        )
+        return cached.enter_context(_cached(kpis))
+
+    def _closing(self, watermark: datetime, upserts: list[DataFrame]) -> DataFrame:
+        """Open Gold windows that the watermark has passed, other than those being
+        recomputed (which carry their own ``is_final``)."""
+        closing = self.layout.read(self.spark, "gold.order_kpis").where(
+            (~F.col("is_final")) & (F.col("window_end") <= F.lit(watermark))
+        )
+        for recomputed in upserts:
+            closing = closing.join(
+                recomputed.select(*KPI_KEY), list(KPI_KEY), "left_anti"
+            )
+        return closing.select(*self._columns("gold.order_kpis"))
+
+    def _merge_gold(self, upserts: list[DataFrame], batch_id: int) -> None:
+        source = upserts[0]
+        for more in upserts[1:]:
+            source = source.unionByName(more)
+        gold = self.layout.delta_table(self.spark, "gold.order_kpis")
+        with self._transaction("gold.order_kpis", batch_id):
+            (
+                gold.alias("t")
+                .merge(
+                    source.alias("s"),
+                    " AND ".join(f"t.{key} = s.{key}" for key in KPI_KEY),
+                )
+                .whenMatchedUpdateAll()
+                .whenNotMatchedInsertAll()
+                .execute()
+            )
 
     def _write_health(self, report: BatchReport) -> None:
         frame = self.spark.createDataFrame(
@@ -439,6 +446,16 @@ class OrderPipeline:
             writer.saveAsTable(name)
         else:
             writer.save(self.layout.path(table))
+
+    @contextmanager
+    def _phase(self, name: str) -> Iterator[None]:
+        """Add the wall time of the block to ``phase_seconds[name]``."""
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            elapsed = time.monotonic() - started
+            self.phase_seconds[name] = self.phase_seconds.get(name, 0.0) + elapsed
 
     @contextmanager
     def _transaction(self, table: str, batch_id: int) -> Iterator[None]:
@@ -493,8 +510,84 @@ def utc_row(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _kpi_key(row: dict[str, Any]) -> tuple[Any, ...]:
-    return (row["grain"], row["window_start"], row["dimension"], row["dimension_value"])
+@contextmanager
+def _cached(frame: DataFrame) -> Iterator[DataFrame]:
+    """``frame`` persisted for the duration of the block."""
+    frame = frame.persist()
+    try:
+        yield frame
+    finally:
+        frame.unpersist()
+
+
+@dataclass(frozen=True)
+class _Outcomes:
+    """How a batch's messages were classified."""
+
+    input_rows: int
+    valid_rows: int
+    reasons: dict[str, int]
+
+
+def _classification_outcomes(classified: DataFrame) -> _Outcomes:
+    """Message, valid-message and per-reason counts, in one Spark job."""
+    counts = {
+        row["reason_code"]: row["count"]
+        for row in classified.groupBy(F.col("rejection.code").alias("reason_code"))
+        .count()
+        .collect()
+    }
+    valid_rows = counts.pop(None, 0)
+    return _Outcomes(
+        input_rows=valid_rows + sum(counts.values()),
+        valid_rows=valid_rows,
+        reasons=counts,
+    )
+
+
+def _first_seen(candidates: DataFrame, watermark: datetime | None) -> DataFrame:
+    """One row per ``event_id``: the first in source order, in the Silver shape."""
+    from streaming.tables import SILVER_SCHEMA
+
+    order = Window.partitionBy("event_id").orderBy(
+        "source_partition", "source_offset", "source_file", "source_line"
+    )
+    return (
+        candidates.withColumn("_rank", F.row_number().over(order))
+        .where(F.col("_rank") == 1)
+        .drop("_rank")
+        .withColumn("watermark_at_arrival", F.lit(watermark).cast("timestamp"))
+        .select(*SILVER_SCHEMA.fieldNames())
+    )
+
+
+@dataclass(frozen=True)
+class _BatchStats:
+    """The batch's first-seen events: how many, their time span, how many late."""
+
+    rows: int
+    earliest: datetime | None
+    latest: datetime | None
+    late: int
+
+
+def _batch_stats(unique: DataFrame) -> _BatchStats:
+    """One aggregate over the batch's events. An event is late when the watermark
+    at its arrival had already passed the end of its 1-minute window."""
+    minute_end = F.timestamp_seconds(
+        F.floor(F.unix_seconds("occurred_at") / 60) * 60 + 60
+    )
+    late = F.col("watermark_at_arrival").isNotNull() & (
+        minute_end <= F.col("watermark_at_arrival")
+    )
+    row = unique.agg(
+        F.count(F.lit(1)).alias("rows"),
+        F.min("occurred_at").alias("earliest"),
+        F.max("occurred_at").alias("latest"),
+        F.count(F.when(late, True)).alias("late"),
+    ).first()
+    assert row is not None
+    return _BatchStats(row["rows"], row["earliest"], row["latest"], int(row["late"]))
 
 
 def _with_duration(report: BatchReport, seconds: float) -> BatchReport:
