@@ -289,40 +289,9 @@ class _Group:
         self.owners: list[Owner] = [(r.name, s, lv) for r, s, lv, _ in pairs]
         self.rows = np.array([row for *_, row in pairs], dtype=np.int64)
 
-    def flags(self, frame: _Frame) -> Flags:
+    def flags(self, final: int) -> Flags:
+        """Which pairs may breach when the newest final window is ``final``."""
         raise NotImplementedError
-
-
-class _Frame:
-    """One grain's ring read at one call: the final window and those after it.
-
-    The arrays are read on first use: a grain whose groups never need them
-    does not pay for them.
-    """
-
-    def __init__(self, ring: GrainRing, final: int) -> None:
-        self.ring = ring
-        self.final = final
-        self._ahead: tuple[Flags, Floats] | None = None
-        self.beyond: Flags | None = None
-        if ring.top > final + AHEAD:
-            self.beyond = ring.newest[: len(ring.slots)] > final + AHEAD
-
-    @property
-    def ahead(self) -> tuple[Flags, Floats]:
-        """Whether each series has a row for window final + j, and its KPIs.
-
-        KPIs of windows without a row read as NaN here (not as the exact
-        judge's missing value): callers treat missing windows themselves.
-        """
-        if self._ahead is None:
-            ring, used = self.ring, len(self.ring.slots)
-            windows = self.final + np.arange(AHEAD + 1, dtype=np.int64)
-            positions = windows % ring.size
-            present = ring.starts[:used][:, positions] == windows
-            values = ring.values[:, :used][:, :, positions]
-            self._ahead = present, np.where(present, values, np.nan)
-        return self._ahead
 
 
 class _Thresholds(_Group):
@@ -364,11 +333,11 @@ class _Thresholds(_Group):
         self.always = np.array(always, dtype=np.bool_)
         self.any_always = bool(self.always.any())
 
-    def flags(self, frame: _Frame) -> Flags:
+    def flags(self, final: int) -> Flags:
         # KPIs without a value are NaN: no comparison holds. (A NaN volume is
         # no volume for the exact judge, and pairs without a volume guard are
         # in ``always``.)
-        ring, final = self.ring, frame.final
+        ring = self.ring
         if self._final != final:
             self._windows = final + np.arange(AHEAD + 1, dtype=np.int64)
             self._positions = self._windows % ring.size
@@ -432,8 +401,8 @@ class _Changes(_Group):
         self._positions = np.zeros(self.back + 1, dtype=np.int64)
         self._horizon = np.zeros(len(pairs), dtype=np.int64)
 
-    def flags(self, frame: _Frame) -> Flags:
-        ring, final = self.ring, frame.final
+    def flags(self, final: int) -> Flags:
+        ring = self.ring
         if self._final != final:
             self._windows = np.where(self.offsets == _NONE, -1, self.offsets + final)
             self._positions = (final - self.back + np.arange(self.back + 1)) % ring.size
@@ -508,13 +477,13 @@ class _Absences(_Group):
         self._position = final % size
         self._final = final
 
-    def flags(self, frame: _Frame) -> Flags:
-        self._layout(frame.final)
+    def flags(self, final: int) -> Flags:
+        self._layout(final)
         ring, rows, kpi, at = self.ring, self.rows, self.kpi, self._position
         # A window is silent when it is missing, zero or has no value (NaN):
         # only pairs whose final window is silent can breach.
-        final = ring.values[kpi, rows, at]
-        silent: Flags = (ring.starts[rows, at] != frame.final) | ~(np.abs(final) > 0.0)
+        last = ring.values[kpi, rows, at]
+        silent: Flags = (ring.starts[rows, at] != final) | ~(np.abs(last) > 0.0)
         if not silent.any():
             return silent
         picked = np.flatnonzero(silent)
@@ -585,14 +554,13 @@ class PreJudge:
         ``finals`` holds the newest final window index of each grain.
         """
         found: dict[str, list[tuple[int, int]]] = {}
-        frames: dict[str, _Frame] = {}
         for grain, group in self.groups:
-            frame = frames.get(grain)
-            if frame is None:
-                frame = frames[grain] = _Frame(group.ring, finals[grain])
-            flags = group.flags(frame)
-            if frame.beyond is not None:
-                flags = flags | frame.beyond[group.rows]
+            final = finals[grain]
+            flags = group.flags(final)
+            ring = group.ring
+            if ring.top > final + AHEAD:
+                # Series with windows past the readable range: exact judge.
+                flags = flags | (ring.newest[group.rows] > final + AHEAD)
             for pair in np.flatnonzero(flags).tolist():
                 rule, series, level = group.owners[pair]
                 found.setdefault(rule, []).append((series, level))

@@ -35,7 +35,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from alert_rules.alerts import (
     AlertState,
@@ -50,7 +50,6 @@ from alert_rules.alerts import (
 from alert_rules.columns import (
     PreJudge,
     SeriesColumns,
-    final_index,
     prejudged,
 )
 from alert_rules.conditions import (
@@ -60,7 +59,7 @@ from alert_rules.conditions import (
     lookback,
     windows_needed,
 )
-from alert_rules.history import SeriesKey, WindowHistory, last_final_start
+from alert_rules.history import SeriesKey, WindowHistory
 from alert_rules.model import (
     AbsenceCondition,
     Level,
@@ -70,7 +69,7 @@ from alert_rules.model import (
     match_all,
 )
 from alert_rules.reload import RuleWatcher
-from alert_rules.samples import KpiSample, PipelineStatus
+from alert_rules.samples import GRAINS, KpiSample, PipelineStatus
 from alert_rules.state import (
     EngineMeta,
     StateChanges,
@@ -88,6 +87,7 @@ logger = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
 
 _PIPELINE_KEY: SeriesKey = ("", "all", "all")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 # What a rule level's verdict on a series depends on besides the alert itself:
 # the series' version, the newest final window of its grain, and for absence
@@ -128,6 +128,8 @@ class _Plan:
 
     tracks: tuple[tuple[_Track, ...], ...]
     vectorised: bool
+    # Rule levels x series: the evaluations one call makes.
+    pairs: int
 
 
 class Engine:
@@ -173,6 +175,8 @@ class Engine:
         self._memo = VerdictMemo()
         self._epochs: dict[tuple[str, str, SeriesKey], _Epoch] = {}
         self._plans: dict[str, _Plan] = {}
+        # The series rules in order, with their plans and freshness limit.
+        self._order: list[tuple[Rule, _Plan, timedelta | None]] = []
         self._placement: dict[str, tuple[str, int, int]] = {}
         self._tracks_layout = -1
         self.rules = rules
@@ -397,16 +401,10 @@ class Engine:
         live = self._live()
         finals, indices = self._final_windows(pipeline.watermark)
         flagged = self._prejudge.run(indices)
-        for rule in self._series_rules:
+        for rule, plan, fresh_within in self._order:
             final = finals[rule.grain]
-            condition = rule.condition
-            fresh = (
-                lag <= condition.fresh_within
-                if isinstance(condition, AbsenceCondition)
-                else True
-            )
-            plan = self._plans[rule.name]
-            evaluations += len(plan.tracks) * len(rule.levels)
+            fresh = fresh_within is None or lag <= fresh_within
+            evaluations += plan.pairs
             suspects = self._suspects(rule, plan, fresh, live, flagged)
             for series, level in suspects:
                 track = plan.tracks[series][level]
@@ -477,13 +475,18 @@ class Engine:
         """Newest final window start and index of every grain, at ``watermark``."""
         if self._finals is not None and self._finals[0] == watermark:
             return self._finals[1], self._finals[2]
+        since = watermark - _EPOCH
         starts: dict[str, datetime] = {}
         indices: dict[str, int] = {}
         for rule in self._series_rules:
-            if rule.grain not in starts:
-                final = last_final_start(watermark, rule.grain)
-                starts[rule.grain] = final
-                indices[rule.grain] = final_index(rule.grain, final)
+            grain = rule.grain
+            if grain not in starts:
+                # The window before the one the watermark is in (as
+                # history.last_final_start), as a count of windows.
+                step = GRAINS[grain]
+                index = since // step - 1
+                starts[grain] = _EPOCH + step * index
+                indices[grain] = index
         self._finals = (watermark, starts, indices)
         return starts, indices
 
@@ -535,6 +538,7 @@ class Engine:
             return
         self._plans = {}
         self._placement = {}
+        self._order = []
         columnar_rules: list[tuple[Rule, list[int]]] = []
         for rule in self._series_rules:
             keys = [
@@ -553,7 +557,15 @@ class Engine:
                     self._columns.slot(rule.grain, dimension, key[2]) for key in keys
                 ]
                 columnar_rules.append((rule, rows))
-            self._plans[rule.name] = _Plan(tracks, columnar)
+            plan = _Plan(tracks, columnar, len(tracks) * len(rule.levels))
+            self._plans[rule.name] = plan
+            condition = rule.condition
+            fresh_within = (
+                condition.fresh_within
+                if isinstance(condition, AbsenceCondition)
+                else None
+            )
+            self._order.append((rule, plan, fresh_within))
             for series, per_level in enumerate(tracks):
                 for level, track in enumerate(per_level):
                     self._placement[track.fingerprint] = (rule.name, series, level)
