@@ -324,6 +324,8 @@ class _Thresholds(_Group):
         self.kpi = np.array(kpi, dtype=np.int64)[:, None]
         self.volume = np.array(volume, dtype=np.int64)[:, None]
         self.series = self.rows[:, None]
+        # Value and volume KPIs, read in one gather: [2, pairs, 1].
+        self.read = np.stack([self.kpi, self.volume])
         self._final: int | None = None
         self._windows = np.zeros(AHEAD + 1, dtype=np.int64)
         self._positions = np.zeros(AHEAD + 1, dtype=np.int64)
@@ -344,8 +346,7 @@ class _Thresholds(_Group):
             self._final = final
         rows, positions = self.series, self._positions
         present = ring.starts[rows, positions] == self._windows
-        value = ring.values[self.kpi, rows, positions]
-        volume = ring.values[self.volume, rows, positions]
+        value, volume = ring.values[self.read, rows, positions]
         hit = present & (value * self.sign > self.limit) & (volume >= self.floor)
         found: Flags = np.asarray(hit.any(axis=1))
         if self.any_always:

@@ -6,8 +6,10 @@ Run: ``.venv/bin/python -m bench.bench_rules``  (about a minute on 2 cores)
    from the plain-Python reference) must fire no default rule; then a day with
    injected incidents, each of which must be detected within two windows.
 2. Cost: rule level x series evaluations per second of pure (in-memory)
-   evaluation over realistic 8 s micro-batches, judging alone and with the
-   ingestion of the batch's Gold rows; the same at a larger scale (the default
+   evaluation over realistic 8 s micro-batches, judging alone (the time in
+   ``Engine.judge``: pre-judging, exact judging, lifecycle decisions) and
+   with the ingestion of the batch's Gold rows (history, arrays, memo), the
+   fastest of three replays; the same at a larger scale (the default
    data rules replicated with shifted thresholds, many more rule levels over
    the same series); the cost of evaluate() with Delta persistence per
    micro-batch and its share of an 8 s batch; and a worst case where every
@@ -241,13 +243,34 @@ def pure_rate(
     return evaluations, judging, ingesting
 
 
-def print_rate(label: str, figures: tuple[int, float, float], calls: int) -> None:
-    evaluations, judging, ingesting = figures
+REPEATS = 3  # whole replays per scenario, each on a fresh engine
+
+
+def repeated_rate(
+    rules: RuleSet,
+    history: list[KpiSample],
+    batches: list[tuple[datetime, list[KpiSample]]],
+    start: datetime,
+) -> list[tuple[int, float, float]]:
+    """:func:`pure_rate` ``REPEATS`` times, fastest judging first.
+
+    Other processes on a shared machine only ever add time, so the fastest
+    replay is the best estimate of the engine's own cost; the median is
+    printed too.
+    """
+    runs = [pure_rate(rules, history, batches, start) for _ in range(REPEATS)]
+    return sorted(runs, key=lambda figures: figures[1])
+
+
+def print_rate(label: str, runs: list[tuple[int, float, float]], calls: int) -> None:
+    evaluations, judging, ingesting = runs[0]
+    median = runs[len(runs) // 2][1]
     both = judging + ingesting
     print(
         f"    {label}: {evaluations / calls:,.0f} evaluations per call; "
         f"judging {evaluations / judging:,.0f}/s "
-        f"({judging / calls * 1e6:.0f} us per call), "
+        f"({judging / calls * 1e6:.0f} us per call; median of {len(runs)} "
+        f"replays {evaluations / median:,.0f}/s), "
         f"judging + ingesting the rows {evaluations / both:,.0f}/s "
         f"({both / calls * 1e6:.0f} us per call) (target 1,000,000/s)"
     )
@@ -277,7 +300,7 @@ def cost() -> None:
     )
     print_rate(
         "pure evaluation, default rules",
-        pure_rate(rules, history, batches, warm_until),
+        repeated_rate(rules, history, batches, warm_until),
         len(batches),
     )
     for copies in (10, 50):
@@ -285,7 +308,7 @@ def cost() -> None:
         print_rate(
             f"pure evaluation, default data rules x{copies} "
             f"({sum(len(r.levels) for r in many.rules)} rule levels)",
-            pure_rate(many, history, batches, warm_until),
+            repeated_rate(many, history, batches, warm_until),
             len(batches),
         )
 
