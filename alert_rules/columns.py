@@ -26,7 +26,6 @@ judge.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -238,13 +237,14 @@ class SeriesColumns:
                 # series exactly from now on.
                 ring.judge_exactly(slot)
                 continue
-            kpis = [sample.kpi(kpi) for kpi in ring.kpis]
-            if any(v is not None and math.isnan(v) for v in kpis):
-                # NaN stands for "no value" in the ring; a KPI that really is
-                # NaN reads differently in the exact judge: judge it there.
-                ring.judge_exactly(slot)
-                continue
-            row = tuple(np.nan if v is None else v for v in kpis)
+            # NaN stands for "no value". A KPI that really is NaN can only be
+            # a float KPI (counts are integers, and volume and absence KPIs
+            # are counts): the exact judge finds no breach on a window or a
+            # trailing span holding one, so reading it as "no value" clears
+            # nothing that breaches.
+            row = tuple(
+                np.nan if (v := sample.kpi(kpi)) is None else v for kpi in ring.kpis
+            )
             batches.setdefault(grain, {})[(slot, window)] = row
         for grain, rows in batches.items():
             self.rings[grain].write(rows)
