@@ -26,8 +26,10 @@ judge.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from operator import attrgetter
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -101,6 +103,30 @@ def reads(rule: Rule) -> tuple[tuple[str, ...], int]:
     return (), 0
 
 
+def _reader(kpis: tuple[str, ...]) -> Callable[[KpiSample], tuple[Any, ...]]:
+    """Reads ``kpis`` of a sample in one attribute fetch (as ``KpiSample.kpi``).
+
+    Values are ints, floats or None (no value); ``payments_attempted`` is the
+    one derived KPI.
+    """
+    derived = "payments_attempted"
+    fields = [kpi for kpi in kpis if kpi != derived]
+    if derived not in kpis:
+        fetch = attrgetter(*fields)
+        if len(fields) == 1:
+            return lambda sample: (fetch(sample),)
+        return fetch
+    fetch = attrgetter(*fields, "payments_approved", "payments_failed")
+    where = tuple(fields.index(kpi) if kpi != derived else -1 for kpi in kpis)
+
+    def read(sample: KpiSample) -> tuple[Any, ...]:
+        got = fetch(sample)
+        attempted = got[-2] + got[-1]
+        return tuple(attempted if at < 0 else got[at] for at in where)
+
+    return read
+
+
 class GrainRing:
     """The ring of one grain: every watched series of every dimension of it."""
 
@@ -110,6 +136,7 @@ class GrainRing:
         self.size = size
         self.kpi_index = {kpi: k for k, kpi in enumerate(kpis)}
         self.fill = np.array([missing_value(k) for k in kpis], dtype=np.float64)
+        self.read = _reader(kpis)
         self.slots: dict[tuple[str, str], int] = {}
         # An upper bound of every series' newest window (skips the far-future
         # check when nothing can be past the readable range).
@@ -237,14 +264,12 @@ class SeriesColumns:
                 # series exactly from now on.
                 ring.judge_exactly(slot)
                 continue
-            # NaN stands for "no value". A KPI that really is NaN can only be
-            # a float KPI (counts are integers, and volume and absence KPIs
-            # are counts): the exact judge finds no breach on a window or a
-            # trailing span holding one, so reading it as "no value" clears
-            # nothing that breaches.
-            row = tuple(
-                np.nan if (v := sample.kpi(kpi)) is None else v for kpi in ring.kpis
-            )
+            # None (no value) becomes NaN when the batch is written. A KPI
+            # that really is NaN can only be a float KPI (counts are integers,
+            # and volume and absence KPIs are counts): the exact judge finds
+            # no breach on a window or a trailing span holding one, so reading
+            # it as "no value" clears nothing that breaches.
+            row = ring.read(sample)
             batches.setdefault(grain, {})[(slot, window)] = row
         for grain, rows in batches.items():
             self.rings[grain].write(rows)

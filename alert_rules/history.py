@@ -79,7 +79,10 @@ class WindowHistory:
             start = sample.window_start
             known = windows.get(start)
             if known is not None and (
-                known.updated_at > sample.updated_at or known == sample
+                known.updated_at > sample.updated_at
+                # Equal rows have equal update times: compare whole rows
+                # (a replay) only then.
+                or (known.updated_at == sample.updated_at and known == sample)
             ):
                 continue
             windows[start] = sample
