@@ -108,6 +108,7 @@ class AlertingHook:
         self.transitions = 0
         self._lock = threading.Lock()
         self._status: PipelineStatus | None = None
+        self._judged_watermark: datetime | None = None
         self._stop = threading.Event()
         self._timer: threading.Thread | None = None
 
@@ -119,9 +120,8 @@ class AlertingHook:
             latest_event_time=max(report.max_event_time, self._latest_event_time()),
             last_batch_at=self.clock(),
         )
-        samples = [KpiSample.from_dict(row) for row in report.changed_kpis]
         with self._lock:
-            self._handle(self.engine.evaluate(samples, self._status))
+            self._evaluate_in_window_order(report.changed_kpis, self._status)
         self.exporter.publish_kpis(report.changed_kpis)
         self.exporter.publish_health(report.health_record())
 
@@ -134,9 +134,44 @@ class AlertingHook:
         windows written just before a crash that the engine never saw are caught up.
         """
         self._status = status
-        samples = [KpiSample.from_dict(row) for row in recent_kpis]
         with self._lock:
-            self._handle(self.engine.evaluate(samples, status))
+            self._evaluate_in_window_order(recent_kpis, status)
+
+    def _evaluate_in_window_order(
+        self, rows: Sequence[dict[str, Any]], status: PipelineStatus
+    ) -> None:
+        """Evaluate a batch's Gold rows as the engine would have seen them live.
+
+        The engine judges the newest final window of each series. A batch that
+        catches up on a back-log (after downtime, or the demo's back-fill) finalizes
+        many windows at once, so the rows are replayed window end by window end,
+        each step with the watermark at that end, and the open windows last. An
+        incident inside the back-log then pages as it would have live.
+        """
+        # Never move the engine's watermark backwards: rows of windows that were
+        # final already (a late event refreshed them) are judged at the old one.
+        floor = self._judged_watermark or datetime.min.replace(tzinfo=UTC)
+        final_ends = sorted(
+            {row["window_end"] for row in rows if row["window_end"] <= status.watermark}
+        )
+        for end in final_ends:
+            step = [
+                KpiSample.from_dict(row) for row in rows if row["window_end"] == end
+            ]
+            watermark = max(end, floor)
+            replayed = PipelineStatus(
+                watermark=watermark,
+                latest_event_time=min(watermark, status.latest_event_time),
+                last_batch_at=status.last_batch_at,
+            )
+            self._handle(self.engine.evaluate(step, replayed))
+        still_open = [
+            KpiSample.from_dict(row)
+            for row in rows
+            if row["window_end"] > status.watermark
+        ]
+        self._handle(self.engine.evaluate(still_open, status))
+        self._judged_watermark = status.watermark
 
     def tick(self) -> None:
         """One timer evaluation (absence, stalled pipeline, repeats, rule reload)."""

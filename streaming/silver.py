@@ -248,7 +248,7 @@ def classify(
             F.lit("payload is not valid UTF-8"),
         ),
         (
-            F.col("payload").isNull() | (F.length(F.trim(text)) == 0),
+            F.col("payload").isNull() | text.rlike(r"^\s*$"),
             "empty_payload",
             F.lit("message has no content"),
         ),
@@ -311,11 +311,14 @@ def classify(
         (
             (_text("amount") < 0) | F.coalesce(negative_item, F.lit(False)),
             "negative_amount",
-            F.concat(
-                F.lit("amount "),
-                F.coalesce(_text("amount").cast("string"), F.lit("of an item")),
-                F.lit(" is negative"),
-            ),
+            F.when(
+                _text("amount") < 0,
+                F.concat(
+                    F.lit("amount "),
+                    _text("amount").cast("string"),
+                    F.lit(" is negative"),
+                ),
+            ).otherwise(F.lit("an item has a negative unit_price")),
         ),
         (
             F.coalesce(bad_items, F.lit(False)),

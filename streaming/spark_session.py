@@ -22,6 +22,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_JAR_DIR = PROJECT_ROOT / ".cache" / "jars" / "spark"
 JAR_DIR_ENV = "ORDERPULSE_JAR_DIR"
 
+LOG4J_CONFIG = Path(__file__).resolve().parent / "log4j2.properties"
 ROCKSDB_PROVIDER = (
     "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider"
 )
@@ -99,13 +100,20 @@ def session_conf(settings: SparkSettings) -> dict[str, str]:
         "spark.ui.showConsoleProgress": "false",
         # Validation builds deep expression trees; the default thread stack is too
         # small for Spark to analyse (or print) them on the stream execution thread.
-        "spark.driver.extraJavaOptions": "-Duser.timezone=UTC -Xss16m",
+        "spark.driver.extraJavaOptions": (
+            f"-Duser.timezone=UTC -Xss16m -Dlog4j2.configurationFile={LOG4J_CONFIG}"
+        ),
         "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",
         # Small local batches: skip the adaptive re-planning and keep files few.
         "spark.sql.adaptive.enabled": "false",
         "spark.databricks.delta.snapshotPartitions": "2",
         "spark.sql.streaming.noDataMicroBatches.enabled": "false",
     }
+    if settings.master and settings.master.startswith("local"):
+        # Local mode talks to itself only: bind the driver to loopback instead of
+        # whatever address the host name resolves to.
+        conf["spark.driver.host"] = "127.0.0.1"
+        conf["spark.driver.bindAddress"] = "127.0.0.1"
     conf.update(settings.extra_conf)
     return conf
 
@@ -115,6 +123,8 @@ def build_spark_session(settings: SparkSettings | None = None) -> SparkSession:
     from pyspark.sql import SparkSession
 
     settings = settings or SparkSettings()
+    if settings.master and settings.master.startswith("local"):
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     builder = SparkSession.builder.appName(settings.app_name)
     if settings.master:
         builder = builder.master(settings.master)

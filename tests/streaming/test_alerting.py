@@ -27,7 +27,7 @@ pytestmark = pytest.mark.spark
 START = datetime(2026, 3, 2, 20, 0, tzinfo=UTC)
 OUTAGE = Incident(
     kind="payment_gateway_outage",
-    start=START + timedelta(minutes=8),
+    start=START + timedelta(minutes=10),
     duration=timedelta(minutes=8),
     target="credit_card",
     intensity=0.55,
@@ -70,12 +70,12 @@ def test_an_incident_pages_once_and_resolves_once_across_a_restart(
     spark: SparkSession, tmp_path: Path
 ) -> None:
     layout = TableLayout(tmp_path)
-    land_traffic(layout.landing_dir, TRAFFIC, START + timedelta(minutes=30))
+    land_traffic(layout.landing_dir, TRAFFIC, START + timedelta(minutes=32))
     files = sorted(layout.landing_dir.glob("part-*.jsonl"))
     later = tmp_path / "later"
     later.mkdir()
-    # Stop the job 13 minutes in: the outage started at minute 8 and is still on.
-    for path in files[13:]:
+    # Stop the job 14 minutes in: the outage started at minute 10 and is still on.
+    for path in files[14:]:
         path.rename(later / path.name)
     clock = EventTimeClock()
 
