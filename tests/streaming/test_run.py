@@ -1,4 +1,4 @@
-"""`orderpulse run` on the embedded source, end to end, and a restart on the same data."""
+"""`orderpulse run` on the embedded source, end to end, and a restart."""
 
 from __future__ import annotations
 
