@@ -198,6 +198,11 @@ class TableLayout:
     catalog: str | None = None
     schema: str | None = None
 
+    def __post_init__(self) -> None:
+        # Delta reads a relative table location as a table name, so the data
+        # directory is made absolute once, here.
+        object.__setattr__(self, "data_dir", Path(self.data_dir).absolute())
+
     def path(self, table: str) -> str:
         layer, name = table.split(".", 1)
         return str(self.data_dir / layer / name)
