@@ -48,8 +48,8 @@ class RunOptions:
     bad_share: float = 0.01
     duplicate_share: float = 0.01
     late_share: float = 0.002
-    trigger_seconds: float = 5.0
-    files_per_trigger: int = 5
+    trigger_seconds: float = 10.0
+    files_per_trigger: int = 10
     rules_dir: Path | None = None
     alerts: bool = True
     kafka_options: dict[str, str] = field(default_factory=dict)
@@ -165,7 +165,7 @@ def run(
     code = _wait(query, feed, options.duration_s, out)
     if feed:
         feed.stop()
-    _stop_between_batches(query, out)
+    _stop_between_batches(query, progress, out)
     for close in closers:
         close()
     _summary(out, progress, layout, options, feed)
@@ -194,7 +194,9 @@ def _wait(
     return 0
 
 
-def _stop_between_batches(query: Any, out: TextIO, patience_s: float = 300.0) -> None:
+def _stop_between_batches(
+    query: Any, progress: ProgressPrinter, out: TextIO, patience_s: float = 120.0
+) -> None:
     """Let the running micro-batch finish, then stop the query.
 
     Stopping mid-batch would be safe (every write is idempotent and the batch is
@@ -202,17 +204,20 @@ def _stop_between_batches(query: Any, out: TextIO, patience_s: float = 300.0) ->
     """
     if not query.isActive:
         return
-    deadline = time.monotonic() + patience_s
-    try:
-        if query.status.get("isTriggerActive"):
-            out.write("Waiting for the current micro-batch to finish...\n")
-            out.flush()
-        while query.status.get("isTriggerActive") and time.monotonic() < deadline:
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        out.write(
-            "Stopping now; the interrupted batch is replayed on the next start.\n"
-        )
+    if query.status.get("isTriggerActive"):
+        out.write("Waiting for the current micro-batch to finish...\n")
+        out.flush()
+        finished = progress.batches
+        deadline = time.monotonic() + patience_s
+        try:
+            while (
+                progress.batches == finished
+                and query.isActive
+                and time.monotonic() < deadline
+            ):
+                time.sleep(0.2)
+        except KeyboardInterrupt:
+            out.write("Stopping now; the interrupted batch is replayed on restart.\n")
     query.stop()
 
 
@@ -327,7 +332,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="embedded source: share of malformed messages",
     )
     parser.add_argument(
-        "--trigger-seconds", type=float, default=5.0, help="micro-batch interval"
+        "--trigger-seconds", type=float, default=10.0, help="micro-batch interval"
     )
     parser.add_argument(
         "--rules-dir",
