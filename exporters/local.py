@@ -17,6 +17,8 @@ from typing import Any, TextIO
 
 from exporters.errors import OutboxError
 
+PRINTED_MEMORY = 1000
+
 
 class LocalFiles:
     """Appends records to JSON lines files and prints final KPI summaries."""
@@ -25,6 +27,7 @@ class LocalFiles:
         self.exports_dir = exports_dir
         self._console = console
         self._lock = threading.Lock()
+        self._printed: dict[tuple[Any, Any], None] = {}
         exports_dir.mkdir(parents=True, exist_ok=True)
 
     def append(self, name: str, records: Sequence[Mapping[str, Any]]) -> None:
@@ -47,6 +50,14 @@ class LocalFiles:
         ]
         overall.sort(key=lambda r: (r["WindowStart"], r["Grain"]))
         for r in overall:
+            # A final window's KPIs no longer change (a late event only bumps its
+            # late count), so each is printed once even when it is published again.
+            key = (r["Grain"], r["WindowStart"])
+            if key in self._printed:
+                continue
+            self._printed[key] = None
+            if len(self._printed) > PRINTED_MEMORY:
+                del self._printed[next(iter(self._printed))]
             print(kpi_line(r), file=self._console or sys.stdout, flush=True)
 
 
