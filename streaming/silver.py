@@ -38,7 +38,7 @@ from streaming.events import (
     REGIONS,
     SCHEMA_VERSION,
 )
-from streaming.tables import LINE_ITEM
+from streaming.tables import LINE_ITEM, SOURCE_COLUMNS
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -338,14 +338,7 @@ def quarantine_rows(classified: DataFrame) -> DataFrame:
         .alias("payload_text"),
         F.col("rejection.code").alias("reason_code"),
         F.col("rejection.detail").alias("reason_detail"),
-        "source",
-        "source_topic",
-        "source_partition",
-        "source_offset",
-        "source_timestamp",
-        "source_key",
-        "source_file",
-        "source_line",
+        *SOURCE_COLUMNS,
         "ingested_at",
         "batch_id",
     )

@@ -22,21 +22,12 @@ from typing import TYPE_CHECKING
 from pyspark.sql import functions as F
 
 from streaming.generator import GeneratedMessage, OrderTrafficGenerator
+from streaming.tables import SOURCE_COLUMNS
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-RAW_COLUMNS = (
-    "payload",
-    "source",
-    "source_topic",
-    "source_partition",
-    "source_offset",
-    "source_timestamp",
-    "source_key",
-    "source_file",
-    "source_line",
-)
+RAW_COLUMNS = ("payload", *SOURCE_COLUMNS)
 
 
 class LandingWriter:

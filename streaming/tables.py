@@ -50,6 +50,8 @@ SOURCE_COORDINATES = (
     ("source_line", IntegerType(), True),
 )
 
+SOURCE_COLUMNS = tuple(name for name, _, _ in SOURCE_COORDINATES)
+
 BRONZE_SCHEMA = _schema(
     ("payload", BinaryType(), True),
     *SOURCE_COORDINATES,
