@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -106,7 +106,3 @@ def encode(event: OrderEvent | dict[str, Any]) -> bytes:
     """The bytes sent on the wire: compact UTF-8 JSON."""
     body = event.to_dict() if isinstance(event, OrderEvent) else event
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-
-
-def utc(moment: datetime) -> datetime:
-    return moment.astimezone(UTC)

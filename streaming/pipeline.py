@@ -22,7 +22,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +36,7 @@ from streaming.silver import (
     quarantine_rows,
     silver_candidates,
 )
-from streaming.tables import TableLayout
+from streaming.tables import SCHEMAS, TableLayout
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -194,7 +194,7 @@ class OrderPipeline:
             report = self._write_layers(bronze, batch_id, started_at, watermark_before)
         finally:
             bronze.unpersist()
-        report = _with_duration(report, time.monotonic() - started)
+        report = replace(report, batch_duration_s=time.monotonic() - started)
         with self._phase("health"):
             self._write_health(report)
         self._last_batch_id, self._watermark = batch_id, report.watermark
@@ -413,7 +413,7 @@ class OrderPipeline:
 
     def _write_health(self, report: BatchReport) -> None:
         frame = self.spark.createDataFrame(
-            [report.health_record()], schema=self._schema("gold.pipeline_health")
+            [report.health_record()], schema=SCHEMAS["gold.pipeline_health"]
         )
         self._append(frame, "gold.pipeline_health", report.batch_id)
 
@@ -472,13 +472,8 @@ class OrderPipeline:
             conf.unset("spark.databricks.delta.write.txnAppId")
             conf.unset("spark.databricks.delta.write.txnVersion")
 
-    def _schema(self, table: str) -> Any:
-        from streaming.tables import SCHEMAS
-
-        return SCHEMAS[table]
-
     def _columns(self, table: str) -> list[str]:
-        return [f.name for f in self._schema(table).fields]
+        return [f.name for f in SCHEMAS[table].fields]
 
 
 def _advance(
@@ -588,9 +583,3 @@ def _batch_stats(unique: DataFrame) -> _BatchStats:
     ).first()
     assert row is not None
     return _BatchStats(row["rows"], row["earliest"], row["latest"], int(row["late"]))
-
-
-def _with_duration(report: BatchReport, seconds: float) -> BatchReport:
-    from dataclasses import replace
-
-    return replace(report, batch_duration_s=seconds)
